@@ -1,0 +1,93 @@
+# ngx_http_matrix_module
+#
+#   make                 module (build/ngx_http_matrix_module.so) and build/matrix-tool
+#   make NGINX_SRC=DIR   against another nginx source tree (>= 1.22)
+#   make test            unit tests and nginx tests (t/)
+#   make demo            a local nginx with the module, showing the key document
+#   make bench           benchmarks (bench/)
+#   make deps            install the Debian packages the above need
+
+SHELL       := /bin/bash
+NGINX_SRC   ?= /usr/share/nginx/src
+BUILD       := build
+NGX_BUILD   := $(BUILD)/nginx
+SPEC        ?= $(abspath ../shared/spec)
+
+CC          ?= cc
+CFLAGS      ?= -O2 -g
+MX_CFLAGS   := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror \
+               -Isrc/core $(CFLAGS)
+MX_LIBS     := -ljansson -lsodium
+
+CORE_SRCS   := $(wildcard src/core/*.c)
+CORE_HDRS   := $(wildcard src/core/*.h)
+CORE_OBJS   := $(CORE_SRCS:src/core/%.c=$(BUILD)/core/%.o)
+MODULE_SRCS := config $(wildcard src/*.c src/*.h) $(CORE_SRCS) $(CORE_HDRS)
+
+DEB_PACKAGES := build-essential nginx nginx-dev libjansson-dev libsodium-dev \
+                libssl-dev libpq-dev libpcre3-dev zlib1g-dev \
+                libtest-base-perl libtext-diff-perl liburi-perl libwww-perl \
+                libipc-run-perl python3-signedjson python3-canonicaljson \
+                wrk curl openssl
+
+.PHONY: all module tool deps test test-core test-nginx demo bench clean
+
+all: module tool
+
+module: $(BUILD)/ngx_http_matrix_module.so
+tool: $(BUILD)/matrix-tool
+
+# The module is built inside a private copy of the nginx tree, configured
+# with the same flags as the nginx that will load it (Debian's conf_flags
+# when present), so that its binary signature matches.
+$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config
+	@test -d $(NGINX_SRC)/auto || { echo "no nginx source at $(NGINX_SRC): run 'make deps' or set NGINX_SRC" >&2; exit 1; }
+	rm -rf $(NGX_BUILD) && mkdir -p $(NGX_BUILD)
+	cp -a $(NGINX_SRC)/. $(NGX_BUILD)/
+	cd $(NGX_BUILD) && if [ -f conf_flags ]; then \
+	    . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --add-dynamic-module=$(CURDIR); \
+	else \
+	    ./configure --with-compat --with-http_ssl_module \
+	        --add-dynamic-module=$(CURDIR); \
+	fi >configure.log 2>&1 || { tail -20 configure.log; exit 1; }
+	touch $@
+
+$(BUILD)/ngx_http_matrix_module.so: $(NGX_BUILD)/.configured $(MODULE_SRCS)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+	cp $(NGX_BUILD)/objs/ngx_http_matrix_module.so $@
+
+$(BUILD)/core/%.o: src/core/%.c $(CORE_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(MX_CFLAGS) -c -o $@ $<
+
+$(BUILD)/matrix-tool: src/tool/matrix-tool.c $(CORE_OBJS)
+	$(CC) $(MX_CFLAGS) -o $@ $< $(CORE_OBJS) $(MX_LIBS)
+
+$(BUILD)/test-core: t/core/test_core.c $(CORE_OBJS)
+	$(CC) $(MX_CFLAGS) -o $@ $< $(CORE_OBJS) $(MX_LIBS)
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+test: deps all $(BUILD)/test-core
+	MX_VECTORS=$(SPEC)/vectors.json \
+	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-/usr/sbin/nginx} \
+	TEST_NGINX_LOAD_MODULES=$(CURDIR)/$(BUILD)/ngx_http_matrix_module.so \
+	MATRIX_TOOL=$(CURDIR)/$(BUILD)/matrix-tool \
+	prove -I t/lib -r t/
+
+demo: deps all
+	sh examples/demo.sh
+
+bench: deps all
+	sh bench/keyserver/run.sh
+
+clean:
+	rm -rf $(BUILD)

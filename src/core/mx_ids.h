@@ -1,0 +1,19 @@
+/*
+ * Matrix identifier grammars (appendices: Identifier Grammar).
+ */
+
+#ifndef MX_IDS_H
+#define MX_IDS_H
+
+#include <stddef.h>
+
+
+/*
+ * server_name = hostname [ ":" port ], hostname = IPv4 / "[" IPv6 "]" /
+ * dns-name of at most 255 characters, port = 1*5DIGIT.  MX_OK or
+ * MX_ERROR with the reason in *why.
+ */
+int mx_server_name_valid(const char *name, size_t len, const char **why);
+
+
+#endif /* MX_IDS_H */

@@ -1,0 +1,407 @@
+/*
+ * ngx_http_matrix_module: directives, configuration and the content
+ * handler.  The endpoints themselves live in one file per concern
+ * (keys, discovery, ...) and are reached through the router.
+ */
+
+
+#include <sodium.h>
+
+#include "ngx_http_matrix_module.h"
+#include "ngx_http_matrix_router.h"
+#include "ngx_http_matrix_keys.h"
+
+#include <mx_ids.h>
+
+
+static ngx_int_t ngx_http_matrix_handler(ngx_http_request_t *r);
+
+static char *ngx_http_matrix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_well_known_server(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_matrix_well_known_client(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+
+static ngx_int_t ngx_http_matrix_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_matrix_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_matrix_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_matrix_create_srv_conf(ngx_conf_t *cf);
+static char *ngx_http_matrix_merge_srv_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static void *ngx_http_matrix_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_matrix_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+
+
+static ngx_command_t  ngx_http_matrix_commands[] = {
+
+    { ngx_string("matrix"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_server_name,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_matrix_srv_conf_t, server_name),
+      NULL },
+
+    { ngx_string("matrix_signing_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_signing_key,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_old_verify_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE3,
+      ngx_http_matrix_old_verify_key,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_key_validity"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_matrix_srv_conf_t, key_validity),
+      NULL },
+
+    { ngx_string("matrix_well_known_server"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_well_known_server,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_matrix_srv_conf_t, well_known_server),
+      NULL },
+
+    { ngx_string("matrix_well_known_client"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_well_known_client,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_matrix_srv_conf_t, well_known_client),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_matrix_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_matrix_postconfiguration,     /* postconfiguration */
+
+    ngx_http_matrix_create_main_conf,      /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    ngx_http_matrix_create_srv_conf,       /* create server configuration */
+    ngx_http_matrix_merge_srv_conf,        /* merge server configuration */
+
+    ngx_http_matrix_create_loc_conf,       /* create location configuration */
+    ngx_http_matrix_merge_loc_conf         /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_matrix_module = {
+    NGX_MODULE_V1,
+    &ngx_http_matrix_module_ctx,           /* module context */
+    ngx_http_matrix_commands,              /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_http_matrix_init_module,           /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_matrix_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_matrix_route_request(r);
+}
+
+
+static char *
+ngx_http_matrix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_loc_conf_t *mlcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (mlcf->enable != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    mlcf->enable = 1;
+    mlcf->file = cf->conf_file->file.name.data;
+    mlcf->line = cf->conf_file->line;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_matrix_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    const char  *why;
+    ngx_str_t   *value;
+    char        *rv;
+
+    rv = ngx_conf_set_str_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    value = cf->args->elts;
+
+    if (mx_server_name_valid((char *) value[1].data, value[1].len, &why)
+        != MX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid server name \"%V\": %s",
+                           &cmd->name, &value[1], why);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_well_known_server(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    const char  *why;
+    ngx_str_t   *value;
+    char        *rv;
+
+    rv = ngx_conf_set_str_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    value = cf->args->elts;
+
+    if (mx_server_name_valid((char *) value[1].data, value[1].len, &why)
+        != MX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid delegated server \"%V\", expected "
+                           "\"hostname[:port]\": %s",
+                           &cmd->name, &value[1], why);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_well_known_client(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_str_t  *value;
+    char       *rv;
+
+    rv = ngx_conf_set_str_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    value = cf->args->elts;
+
+    /* value[1] is NUL-terminated, ngx_strncmp() stops there */
+
+    if (ngx_strncmp(value[1].data, "https://", 8) != 0
+        && ngx_strncmp(value[1].data, "http://", 7) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid base URL \"%V\", expected "
+                           "\"https://host[:port][/path]\"",
+                           &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_init_module(ngx_cycle_t *cycle)
+{
+    if (sodium_init() < 0) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "matrix: libsodium cannot be initialised");
+        return NGX_ERROR;
+    }
+
+    /*
+     * jansson seeds its hash function on first use from /dev/urandom;
+     * doing it here, in the master, keeps that out of the workers.
+     */
+    json_object_seed(0);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_module);
+
+    return ngx_http_matrix_routes_init(cf, mmcf);
+}
+
+
+static void *
+ngx_http_matrix_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_main_conf_t));
+    if (mmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mmcf->routes = NULL;
+     */
+
+    return mmcf;
+}
+
+
+static void *
+ngx_http_matrix_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_http_matrix_srv_conf_t  *mscf;
+
+    mscf = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_srv_conf_t));
+    if (mscf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mscf->server_name = { 0, NULL };
+     *     mscf->signing_key_file = { 0, NULL };
+     *     mscf->well_known_server = { 0, NULL };
+     *     mscf->well_known_client = { 0, NULL };
+     *     mscf->key_doc = NULL;
+     */
+
+    mscf->signing_keys = NGX_CONF_UNSET_PTR;
+    mscf->old_keys = NGX_CONF_UNSET_PTR;
+    mscf->key_validity = NGX_CONF_UNSET;
+
+    return mscf;
+}
+
+
+static char *
+ngx_http_matrix_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_matrix_srv_conf_t *prev = parent;
+    ngx_http_matrix_srv_conf_t *conf = child;
+
+    ngx_conf_merge_str_value(conf->server_name, prev->server_name, "");
+    ngx_conf_merge_str_value(conf->well_known_server,
+                             prev->well_known_server, "");
+    ngx_conf_merge_str_value(conf->well_known_client,
+                             prev->well_known_client, "");
+
+    if (conf->key_validity != NGX_CONF_UNSET && conf->key_validity < 3600) {
+        /* the spec asks not to serve keys that expire within an hour */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "matrix_key_validity must be at least 1h");
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_matrix_keys_merge(cf, prev, conf);
+}
+
+
+static void *
+ngx_http_matrix_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_matrix_loc_conf_t  *mlcf;
+
+    mlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_loc_conf_t));
+    if (mlcf == NULL) {
+        return NULL;
+    }
+
+    mlcf->enable = NGX_CONF_UNSET;
+
+    return mlcf;
+}
+
+
+/*
+ * Runs with the server's merged configuration at hand (cf->ctx is the
+ * server's), so that a "matrix" location can be refused here when the
+ * server it serves has no name or no key.
+ */
+
+static char *
+ngx_http_matrix_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_matrix_loc_conf_t *prev = parent;
+    ngx_http_matrix_loc_conf_t *conf = child;
+
+    ngx_http_matrix_srv_conf_t  *mscf;
+
+    if (conf->enable == NGX_CONF_UNSET) {
+        conf->enable = 0;
+        conf->file = prev->file;
+        conf->line = prev->line;
+    }
+
+    if (!conf->enable) {
+        return NGX_CONF_OK;
+    }
+
+    mscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_matrix_module);
+
+    if (mscf->server_name.len == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"matrix\" in %s:%ui needs \"matrix_server_name\" "
+                      "in its server or http block",
+                      conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (mscf->signing_keys == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"matrix\" in %s:%ui needs \"matrix_signing_key\" "
+                      "in its server or http block",
+                      conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}

@@ -1,0 +1,78 @@
+/*
+ * ngx_http_matrix_module: a Matrix homeserver face for an existing chat
+ * application ("silo"), served from inside nginx.
+ */
+
+#ifndef _NGX_HTTP_MATRIX_MODULE_H_INCLUDED_
+#define _NGX_HTTP_MATRIX_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <mx_core.h>
+
+
+#define NGX_HTTP_MATRIX_SERVER_NAME     "ngx_http_matrix_module"
+#define NGX_HTTP_MATRIX_VERSION         "0.1.0"
+
+#define NGX_HTTP_MATRIX_MAX_KEYS        8
+
+
+typedef struct ngx_http_matrix_route_node_s  ngx_http_matrix_route_node_t;
+typedef struct ngx_http_matrix_key_doc_s     ngx_http_matrix_key_doc_t;
+
+
+typedef struct {
+    ngx_str_t                       key_id;      /* "ed25519:<version>" */
+    ngx_str_t                       key;         /* unpadded base64 */
+    int64_t                         expired_ts;  /* ms since the epoch */
+} ngx_http_matrix_old_key_t;
+
+
+typedef struct {
+    ngx_http_matrix_route_node_t   *routes;
+} ngx_http_matrix_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                       server_name;
+
+    ngx_str_t                       signing_key_file;
+    ngx_array_t                    *signing_keys;   /* mx_signing_key_t,
+                                                       the first one signs */
+    ngx_array_t                    *old_keys;       /* old_key_t */
+    time_t                          key_validity;
+
+    ngx_str_t                       well_known_server;
+    ngx_str_t                       well_known_client;
+
+    ngx_http_matrix_key_doc_t      *key_doc;        /* per worker */
+} ngx_http_matrix_srv_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                      enable;
+    u_char                         *file;           /* where "matrix" is */
+    ngx_uint_t                      line;
+} ngx_http_matrix_loc_conf_t;
+
+
+/* ngx_http_matrix_reply.c: every response body this module writes */
+
+ngx_int_t ngx_http_matrix_send_body(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *body, size_t len);
+ngx_int_t ngx_http_matrix_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, const json_t *value);
+ngx_int_t ngx_http_matrix_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *errcode, const char *fmt, ...);
+ngx_int_t ngx_http_matrix_add_header(ngx_http_request_t *r, const char *key,
+    ngx_str_t *value);
+int64_t ngx_http_matrix_now_ms(void);
+
+
+extern ngx_module_t  ngx_http_matrix_module;
+
+
+#endif /* _NGX_HTTP_MATRIX_MODULE_H_INCLUDED_ */

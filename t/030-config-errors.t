@@ -1,0 +1,243 @@
+# What "nginx -t" refuses, and how it says so.
+
+use Test::Nginx::Socket 'no_plan';
+use MatrixTest;
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: a missing key file
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_NO_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_signing_key: cannot open ".*does-not-exist\.key" .*No such file or directory/
+
+
+
+=== TEST 2: a key file with a short seed names the line
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_BAD_SEED;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_signing_key: ".*bad-seed\.key": line 2: .*seed/
+
+
+
+=== TEST 3: a key file with an unknown algorithm
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_BAD_ALG;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_signing_key: ".*bad-alg\.key": line 1: .*rsa/
+
+
+
+=== TEST 4: a key file with no key
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_EMPTY_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_signing_key: ".*empty\.key": /
+
+
+
+=== TEST 5: a key file that is a directory
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key /tmp;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_signing_key: "\/tmp" is not a file/
+
+
+
+=== TEST 6: "matrix" without a server name
+--- http_config
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "matrix" in \S+nginx\.conf:\d+ needs "matrix_server_name" in its server or http block/
+
+
+
+=== TEST 7: "matrix" without a key
+--- http_config
+matrix_server_name example.org;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "matrix" in \S+nginx\.conf:\d+ needs "matrix_signing_key" in its server or http block/
+
+
+
+=== TEST 8: a key file readable by others starts with a warning
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_OPEN_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- request
+GET /_matrix/federation/v1/version
+--- error_code: 200
+--- error_log eval
+qr/\[warn\] .*matrix_signing_key: ".*open\.key" is accessible by other users/
+
+
+
+=== TEST 9: an invalid server name
+--- http_config
+matrix_server_name "example.org:port";
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_server_name: invalid server name "example\.org:port": port must be 1 to 5 digits/
+
+
+
+=== TEST 10: a server name with a character outside the grammar
+--- http_config
+matrix_server_name "exa_mple.org";
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_server_name: invalid server name "exa_mple\.org": invalid character in hostname/
+
+
+
+=== TEST 11: an old key that is not a key
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_old_verify_key ed25519:old c2hvcnQ 1532645052628;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_old_verify_key: "c2hvcnQ" is not a base64 ed25519 public key/
+
+
+
+=== TEST 12: an old key with a bad key id
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_old_verify_key rsa:old AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8 1532645052628;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_old_verify_key: invalid key id "rsa:old"/
+
+
+
+=== TEST 13: an old key that is also a current key
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_old_verify_key ed25519:1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8 1532645052628;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_old_verify_key: "ed25519:1" is also a current key/
+
+
+
+=== TEST 14: an old key with a bad expiry
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_old_verify_key ed25519:old AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8 yesterday;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_old_verify_key: invalid expiry "yesterday"/
+
+
+
+=== TEST 15: a key validity under an hour
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_key_validity 10m;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_key_validity must be at least 1h/
+
+
+
+=== TEST 16: a well-known server that is not a server name
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_well_known_server "https://matrix.example.org";
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_well_known_server: invalid delegated server "https:\/\/matrix\.example\.org"/
+
+
+
+=== TEST 17: a well-known client that is not a URL
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_well_known_client chat.example.org;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_well_known_client: invalid base URL "chat\.example\.org"/
+
+
+
+=== TEST 18: "matrix" twice in one location
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "matrix" directive is duplicate/
+
+
+
+=== TEST 19: a key file given twice in one block
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "matrix_signing_key" directive is duplicate/
