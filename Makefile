@@ -78,6 +78,7 @@ deps:
 
 test: deps all $(BUILD)/test-core
 	MX_VECTORS=$(SPEC)/vectors.json \
+	MATRIX_TEST_CORE=$(CURDIR)/$(BUILD)/test-core \
 	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-/usr/sbin/nginx} \
 	TEST_NGINX_LOAD_MODULES=$(CURDIR)/$(BUILD)/ngx_http_matrix_module.so \
 	MATRIX_TOOL=$(CURDIR)/$(BUILD)/matrix-tool \
