@@ -82,7 +82,7 @@ test: deps all $(BUILD)/test-core
 	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-/usr/sbin/nginx} \
 	TEST_NGINX_LOAD_MODULES=$(CURDIR)/$(BUILD)/ngx_http_matrix_module.so \
 	MATRIX_TOOL=$(CURDIR)/$(BUILD)/matrix-tool \
-	prove -I t/lib -r t/
+	prove -I t/runner -I t/lib -r t/
 
 demo: deps all
 	sh examples/demo.sh

@@ -296,8 +296,6 @@ ngx_http_matrix_keys_merge(ngx_conf_t *cf, ngx_http_matrix_srv_conf_t *prev,
 
     ngx_conf_merge_ptr_value(conf->signing_keys, prev->signing_keys, NULL);
     ngx_conf_merge_ptr_value(conf->old_keys, prev->old_keys, NULL);
-    ngx_conf_merge_sec_value(conf->key_validity, prev->key_validity,
-                             7 * 24 * 60 * 60);
 
     if (conf->signing_keys == NULL || conf->old_keys == NULL) {
         return NGX_CONF_OK;

@@ -24,6 +24,9 @@ static char *ngx_http_matrix_well_known_server(ngx_conf_t *cf,
 static char *ngx_http_matrix_well_known_client(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 
+static char *ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post,
+    void *data);
+
 static ngx_int_t ngx_http_matrix_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_matrix_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_matrix_create_main_conf(ngx_conf_t *cf);
@@ -33,6 +36,10 @@ static char *ngx_http_matrix_merge_srv_conf(ngx_conf_t *cf, void *parent,
 static void *ngx_http_matrix_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_matrix_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+
+
+static ngx_conf_post_handler_pt  ngx_http_matrix_key_validity_p =
+    ngx_http_matrix_key_validity;
 
 
 static ngx_command_t  ngx_http_matrix_commands[] = {
@@ -70,7 +77,7 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_SRV_CONF_OFFSET,
       offsetof(ngx_http_matrix_srv_conf_t, key_validity),
-      NULL },
+      &ngx_http_matrix_key_validity_p },
 
     { ngx_string("matrix_well_known_server"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
@@ -244,6 +251,21 @@ ngx_http_matrix_well_known_client(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+static char *
+ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post, void *data)
+{
+    time_t  *sp = data;
+
+    /* the spec asks servers not to hand out keys about to expire */
+
+    if (*sp < 3600) {
+        return "must be at least 1h";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_http_matrix_init_module(ngx_cycle_t *cycle)
 {
@@ -270,7 +292,11 @@ ngx_http_matrix_postconfiguration(ngx_conf_t *cf)
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_module);
 
-    return ngx_http_matrix_routes_init(cf, mmcf);
+    if (ngx_http_matrix_routes_init(cf, mmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_matrix_reply_init(cf);
 }
 
 
@@ -334,12 +360,8 @@ ngx_http_matrix_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->well_known_client,
                              prev->well_known_client, "");
 
-    if (conf->key_validity != NGX_CONF_UNSET && conf->key_validity < 3600) {
-        /* the spec asks not to serve keys that expire within an hour */
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "matrix_key_validity must be at least 1h");
-        return NGX_CONF_ERROR;
-    }
+    ngx_conf_merge_sec_value(conf->key_validity, prev->key_validity,
+                             7 * 24 * 60 * 60);
 
     return ngx_http_matrix_keys_merge(cf, prev, conf);
 }

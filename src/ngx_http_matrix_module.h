@@ -18,8 +18,10 @@
 #define NGX_HTTP_MATRIX_VERSION         "0.1.0"
 
 #define NGX_HTTP_MATRIX_MAX_KEYS        8
+#define NGX_HTTP_MATRIX_MAX_SEGMENTS    16
 
 
+typedef struct ngx_http_matrix_route_s       ngx_http_matrix_route_t;
 typedef struct ngx_http_matrix_route_node_s  ngx_http_matrix_route_node_t;
 typedef struct ngx_http_matrix_key_doc_s     ngx_http_matrix_key_doc_t;
 
@@ -59,7 +61,24 @@ typedef struct {
 } ngx_http_matrix_loc_conf_t;
 
 
+/* per request */
+typedef struct {
+    ngx_http_matrix_srv_conf_t     *mscf;
+    const ngx_http_matrix_route_t  *route;
+    ngx_str_t                       params[NGX_HTTP_MATRIX_MAX_SEGMENTS];
+    ngx_uint_t                      nparams;   /* percent-decoded, in order */
+
+    ngx_buf_t                      *error_body;   /* instead of nginx's page */
+    unsigned                        replied:1;    /* the body is ours */
+} ngx_http_matrix_ctx_t;
+
+
+ngx_http_matrix_ctx_t *ngx_http_matrix_get_ctx(ngx_http_request_t *r);
+
+
 /* ngx_http_matrix_reply.c: every response body this module writes */
+
+ngx_int_t ngx_http_matrix_reply_init(ngx_conf_t *cf);
 
 ngx_int_t ngx_http_matrix_send_body(ngx_http_request_t *r,
     ngx_uint_t status, u_char *body, size_t len);

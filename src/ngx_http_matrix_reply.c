@@ -2,6 +2,11 @@
  * Responses: every body this module sends is JSON, every error is a
  * Matrix error object, and every response carries the CORS headers the
  * client-server spec recommends (browsers call /_matrix/ directly).
+ *
+ * nginx itself answers some requests before the module sees them (413
+ * for a body over client_max_body_size, 429/503 from limit_req, 403 from
+ * deny, 500 when a handler fails): in a "matrix" location a filter swaps
+ * nginx's HTML error page for the Matrix error object.
  */
 
 
@@ -9,6 +14,40 @@
 
 
 #define NGX_HTTP_MATRIX_ERROR_LEN  512
+
+
+typedef struct {
+    ngx_uint_t    status;
+    const char   *errcode;
+    const char   *error;
+} ngx_http_matrix_status_error_t;
+
+
+static ngx_int_t ngx_http_matrix_cors_headers(ngx_http_request_t *r);
+static ngx_int_t ngx_http_matrix_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_matrix_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+
+static ngx_http_matrix_status_error_t  ngx_http_matrix_status_errors[] = {
+    { NGX_HTTP_BAD_REQUEST, "M_UNKNOWN", "Bad request" },
+    { NGX_HTTP_UNAUTHORIZED, "M_UNAUTHORIZED", "Unauthorized" },
+    { NGX_HTTP_FORBIDDEN, "M_FORBIDDEN", "Forbidden" },
+    { NGX_HTTP_NOT_FOUND, "M_NOT_FOUND", "Not found" },
+    { NGX_HTTP_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed" },
+    { NGX_HTTP_REQUEST_TIME_OUT, "M_UNKNOWN", "Request timed out" },
+    { NGX_HTTP_LENGTH_REQUIRED, "M_UNKNOWN", "Length required" },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "M_TOO_LARGE",
+      "Request body is too large" },
+    { NGX_HTTP_REQUEST_URI_TOO_LARGE, "M_UNKNOWN", "Request URI is too long" },
+    { NGX_HTTP_TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "Too many requests" },
+    { NGX_HTTP_SERVICE_UNAVAILABLE, "M_UNKNOWN", "Service unavailable" },
+    { 0, "M_UNKNOWN", "Internal server error" }
+};
 
 
 static ngx_str_t  ngx_http_matrix_cors[][2] = {
@@ -48,10 +87,17 @@ ngx_int_t
 ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len)
 {
-    ngx_int_t     rc;
-    ngx_uint_t    i;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    ngx_int_t               rc;
+    ngx_buf_t              *b;
+    ngx_chain_t             out;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_matrix_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->replied = 1;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
@@ -60,14 +106,8 @@ ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
-    for (i = 0; i < sizeof(ngx_http_matrix_cors) / sizeof(ngx_str_t[2]); i++) {
-        if (ngx_http_matrix_add_header(r,
-                                       (char *) ngx_http_matrix_cors[i][0].data,
-                                       &ngx_http_matrix_cors[i][1])
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (ngx_http_matrix_cors_headers(r) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (len == 0) {
@@ -95,6 +135,25 @@ ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_cors_headers(ngx_http_request_t *r)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < sizeof(ngx_http_matrix_cors) / sizeof(ngx_str_t[2]); i++) {
+        if (ngx_http_matrix_add_header(r,
+                                       (char *) ngx_http_matrix_cors[i][0].data,
+                                       &ngx_http_matrix_cors[i][1])
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -188,4 +247,126 @@ ngx_http_matrix_now_ms(void)
     tp = ngx_timeofday();
 
     return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+ngx_int_t
+ngx_http_matrix_reply_init(ngx_conf_t *cf)
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_matrix_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_matrix_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_header_filter(ngx_http_request_t *r)
+{
+    u_char                          *p;
+    ngx_buf_t                       *b;
+    ngx_http_matrix_ctx_t           *ctx;
+    ngx_http_matrix_loc_conf_t      *mlcf;
+    ngx_http_matrix_status_error_t  *e;
+
+    if (r->headers_out.status < NGX_HTTP_BAD_REQUEST || r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_module);
+
+    if (!mlcf->enable || (ctx && ctx->replied)) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_matrix_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (e = ngx_http_matrix_status_errors; e->status; e++) {
+        if (e->status == r->headers_out.status) {
+            break;
+        }
+    }
+
+    b = ngx_create_temp_buf(r->pool, sizeof("{\"errcode\":\"\",\"error\":\"\"}")
+                                     + ngx_strlen(e->errcode)
+                                     + ngx_strlen(e->error));
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(b->last, "{\"errcode\":\"%s\",\"error\":\"%s\"}",
+                    e->errcode, e->error);
+    b->last = p;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    ctx->error_body = b;
+    ctx->replied = 1;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "matrix: %ui error page replaced by %s",
+                   r->headers_out.status, e->errcode);
+
+    r->headers_out.content_length_n = b->last - b->pos;
+
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.charset.len = 0;
+
+    if (ngx_http_matrix_cors_headers(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+/* nginx's page is swallowed, ours goes out with its last buffer */
+
+static ngx_int_t
+ngx_http_matrix_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_uint_t              last;
+    ngx_chain_t            *cl, out;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_module);
+
+    if (ctx == NULL || ctx->error_body == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    last = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+
+        if (cl->buf->last_buf) {
+            last = 1;
+        }
+    }
+
+    if (!last) {
+        return NGX_OK;
+    }
+
+    out.buf = ctx->error_body;
+    out.next = NULL;
+    ctx->error_body = NULL;
+
+    return ngx_http_next_body_filter(r, &out);
 }

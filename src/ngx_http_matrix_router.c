@@ -351,12 +351,11 @@ ngx_http_matrix_route_request(ngx_http_request_t *r)
                                           "Method not allowed");
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_ctx_t));
+    ctx = ngx_http_matrix_get_ctx(r);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_module);
     ctx->route = route;
 
     for (i = 0; i < split.nparams; i++) {
@@ -374,8 +373,6 @@ ngx_http_matrix_route_request(ngx_http_request_t *r)
     }
 
     ctx->nparams = split.nparams;
-
-    ngx_http_set_ctx(r, ctx, ngx_http_matrix_module);
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "matrix route: \"%V\" for \"%V\"", &route->path, &path);
@@ -429,4 +426,26 @@ ngx_http_matrix_set_allow(ngx_http_request_t *r, ngx_uint_t methods)
     value.len = p - value.data;
 
     return ngx_http_matrix_add_header(r, "Allow", &value);
+}
+
+
+ngx_http_matrix_ctx_t *
+ngx_http_matrix_get_ctx(ngx_http_request_t *r)
+{
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_ctx_t));
+        if (ctx == NULL) {
+            return NULL;
+        }
+
+        ctx->mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_module);
+
+        ngx_http_set_ctx(r, ctx, ngx_http_matrix_module);
+    }
+
+    return ctx;
 }

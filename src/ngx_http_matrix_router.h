@@ -11,31 +11,17 @@
 #include "ngx_http_matrix_module.h"
 
 
-#define NGX_HTTP_MATRIX_MAX_SEGMENTS   16
-
-
-typedef struct ngx_http_matrix_ctx_s  ngx_http_matrix_ctx_t;
-
 typedef ngx_int_t (*ngx_http_matrix_handler_pt)(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 
 
-typedef struct {
+struct ngx_http_matrix_route_s {
     ngx_uint_t                      methods;    /* NGX_HTTP_GET|... */
     ngx_str_t                       path;       /* "/a/{param}/b" */
     ngx_http_matrix_handler_pt      handler;
-} ngx_http_matrix_route_t;
+};
 
 #define ngx_http_matrix_null_route  { 0, ngx_null_string, NULL }
-
-
-/* per request: what routing found */
-struct ngx_http_matrix_ctx_s {
-    ngx_http_matrix_srv_conf_t     *mscf;
-    const ngx_http_matrix_route_t  *route;
-    ngx_str_t                       params[NGX_HTTP_MATRIX_MAX_SEGMENTS];
-    ngx_uint_t                      nparams;   /* percent-decoded, in order */
-};
 
 
 ngx_int_t ngx_http_matrix_routes_init(ngx_conf_t *cf,

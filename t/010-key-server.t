@@ -2,6 +2,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use MatrixTest;
+use Time::HiRes ();
 
 no_shuffle();
 run_tests();
@@ -78,7 +79,7 @@ GET /_matrix/key/v2/server
 --- response_body_filters eval
 sub {
     my ($ts) = $_[0] =~ /"valid_until_ts":(\d+)/ or return "no valid_until_ts";
-    my $ahead = $ts - int(time() * 1000);
+    my $ahead = $ts - int(Time::HiRes::time() * 1000);
     return ($ahead > 7190_000 && $ahead <= 7200_000) ? "2h ahead" : "$ahead ms ahead";
 }
 --- response_body chomp

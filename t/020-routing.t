@@ -5,6 +5,7 @@ use Test::Nginx::Socket 'no_plan';
 use MatrixTest;
 
 no_shuffle();
+no_root_location();
 run_tests();
 
 __DATA__
@@ -257,7 +258,7 @@ GET /.well-known/matrix/server
 
 
 
-=== TEST 17: a body sent to an unknown route is discarded
+=== TEST 17: a body over client_max_body_size: nginx's 413, as Matrix JSON
 --- http_config
 matrix_server_name example.org;
 matrix_signing_key $TEST_NGINX_MATRIX_KEY;
@@ -265,6 +266,66 @@ matrix_signing_key $TEST_NGINX_MATRIX_KEY;
 client_max_body_size 1k;
 location /_matrix/ { matrix; }
 --- request eval
-"POST /_matrix/federation/v1/nonsense\n" . ("x" x 4096)
---- error_code: 404
---- response_body_like: M_UNRECOGNIZED
+"POST /_matrix/federation/v1/version\n" . ("x" x 4096)
+--- error_code: 413
+--- response_headers
+Content-Type: application/json
+Access-Control-Allow-Origin: *
+--- response_body chomp
+{"errcode":"M_TOO_LARGE","error":"Request body is too large"}
+
+
+
+=== TEST 18: limit_req's 429 is M_LIMIT_EXCEEDED
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+limit_req_zone $server_name zone=federation:1m rate=1r/m;
+--- config
+location /_matrix/ {
+    limit_req zone=federation;
+    limit_req_status 429;
+    matrix;
+}
+--- request eval
+["GET /_matrix/federation/v1/version", "GET /_matrix/federation/v1/version"]
+--- error_code eval
+[200, 429]
+--- response_body eval
+['{"server":{"name":"ngx_http_matrix_module","version":"0.1.0"}}',
+ '{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests"}']
+
+
+
+=== TEST 19: access rules' 403 is M_FORBIDDEN
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ {
+    deny all;
+    matrix;
+}
+--- request
+GET /_matrix/federation/v1/version
+--- error_code: 403
+--- response_headers
+Content-Type: application/json
+--- response_body chomp
+{"errcode":"M_FORBIDDEN","error":"Forbidden"}
+
+
+
+=== TEST 20: nginx's error pages elsewhere stay as they are
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; }
+location /silo/ { deny all; }
+--- request
+GET /silo/x
+--- error_code: 403
+--- response_headers
+Content-Type: text/html
+--- response_body_like: <title>403 Forbidden</title>

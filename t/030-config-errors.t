@@ -189,7 +189,7 @@ matrix_key_validity 10m;
 location /_matrix/ { matrix; }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*matrix_key_validity must be at least 1h/
+qr/\[emerg\] "matrix_key_validity" directive must be at least 1h in \S+nginx.conf:\d+/
 
 
 
