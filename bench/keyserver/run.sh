@@ -3,8 +3,9 @@
 # "return 200" location that serves the same bytes with the same headers,
 # measured in the same nginx in the same run.  Target: ratio >= 0.9.
 #
-# One nginx worker and one wrk thread share the machine's two cores; the
-# two locations are measured alternately, ROUNDS times each, and the best
+# One nginx worker and one wrk thread share the machine's two cores, each
+# pinned to its own (taskset) so neither steals from the other; the two
+# locations are measured alternately, ROUNDS times each, and the best
 # round of each is compared (the least disturbed by the rest of the host).
 
 set -e
@@ -61,7 +62,7 @@ sleep 0.3
 doc=$(curl -sf http://127.0.0.1:$PORT/_matrix/key/v2/server)
 kill $(cat $run/nginx.pid); sleep 0.5
 write_conf "$doc"
-/usr/sbin/nginx -p $run -c $run/nginx.conf
+taskset -c 0 /usr/sbin/nginx -p $run -c $run/nginx.conf
 sleep 0.3
 
 a=$(curl -s -D - http://127.0.0.1:$PORT/_matrix/key/v2/server | wc -c)
@@ -69,7 +70,7 @@ b=$(curl -s -D - http://127.0.0.1:$PORT/baseline | wc -c)
 echo "response sizes with headers: matrix $a bytes, baseline $b bytes"
 
 rate() {
-    wrk -t1 -c$CONNECTIONS -d${DURATION}s "http://127.0.0.1:$PORT$1" \
+    taskset -c 1 wrk -t1 -c$CONNECTIONS -d${DURATION}s "http://127.0.0.1:$PORT$1" \
         | awk '/^Requests\/sec:/ { print int($2) }'
 }
 
