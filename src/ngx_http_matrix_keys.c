@@ -24,6 +24,7 @@ struct ngx_http_matrix_key_doc_s {
 
 
 static void ngx_http_matrix_keys_cleanup(void *data);
+static void ngx_http_matrix_key_doc_cleanup(void *data);
 static ngx_int_t ngx_http_matrix_key_id_valid(ngx_str_t *key_id);
 static ngx_http_matrix_key_doc_t *ngx_http_matrix_key_doc(
     ngx_http_matrix_srv_conf_t *mscf, ngx_log_t *log);
@@ -182,6 +183,20 @@ ngx_http_matrix_keys_cleanup(void *data)
 }
 
 
+/* the document a worker signed lives as long as the configuration */
+
+static void
+ngx_http_matrix_key_doc_cleanup(void *data)
+{
+    ngx_http_matrix_srv_conf_t  *mscf = data;
+
+    if (mscf->key_doc) {
+        ngx_free(mscf->key_doc);
+        mscf->key_doc = NULL;
+    }
+}
+
+
 /* matrix_old_verify_key ed25519:ID PUBLIC_KEY EXPIRED_TS; */
 
 char *
@@ -287,7 +302,16 @@ ngx_http_matrix_keys_merge(ngx_conf_t *cf, ngx_http_matrix_srv_conf_t *prev,
 {
     ngx_uint_t                  i, j;
     mx_signing_key_t           *key;
+    ngx_pool_cleanup_t         *cln;
     ngx_http_matrix_old_key_t  *old;
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_key_doc_cleanup;
+    cln->data = conf;
 
     if (conf->signing_keys == NGX_CONF_UNSET_PTR) {
         conf->signing_keys = prev->signing_keys;
