@@ -39,8 +39,13 @@ tool: $(BUILD)/matrix-tool
 
 # The module is built inside a private copy of the nginx tree, configured
 # with the same flags as the nginx that will load it (Debian's conf_flags
-# when present), so that its binary signature matches.
-$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config
+# when present), so that its binary signature matches.  The stamp holds
+# the tree's path, so that another NGINX_SRC reconfigures.
+NGX_SRC_STAMP := $(BUILD)/.nginx-src
+$(shell mkdir -p $(BUILD); [ "$$(cat $(NGX_SRC_STAMP) 2>/dev/null)" = "$(NGINX_SRC)" ] \
+    || echo "$(NGINX_SRC)" > $(NGX_SRC_STAMP))
+
+$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config $(NGX_SRC_STAMP)
 	@test -d $(NGINX_SRC)/auto || { echo "no nginx source at $(NGINX_SRC): run 'make deps' or set NGINX_SRC" >&2; exit 1; }
 	rm -rf $(NGX_BUILD) && mkdir -p $(NGX_BUILD)
 	cp -a $(NGINX_SRC)/. $(NGX_BUILD)/
