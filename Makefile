@@ -30,7 +30,7 @@ DEB_PACKAGES := build-essential nginx nginx-dev libjansson-dev libsodium-dev \
                 libipc-run-perl python3-signedjson python3-canonicaljson \
                 wrk curl openssl
 
-.PHONY: all module tool deps test test-core test-nginx demo bench clean
+.PHONY: all module tool deps test demo bench clean
 
 all: module tool
 
@@ -69,8 +69,11 @@ $(BUILD)/core/%.o: src/core/%.c $(CORE_HDRS)
 $(BUILD)/matrix-tool: src/tool/matrix-tool.c $(CORE_OBJS)
 	$(CC) $(MX_CFLAGS) -o $@ $< $(CORE_OBJS) $(MX_LIBS)
 
-$(BUILD)/test-core: t/core/test_core.c $(CORE_OBJS)
-	$(CC) $(MX_CFLAGS) -o $@ $< $(CORE_OBJS) $(MX_LIBS)
+# one TAP program per t/core/test_<part>.c, run by t/core-<part>.t
+CORE_TESTS  := $(patsubst t/core/%.c,$(BUILD)/%,$(wildcard t/core/test_*.c))
+
+$(BUILD)/test_%: t/core/test_%.c t/core/tap.h $(CORE_OBJS)
+	$(CC) $(MX_CFLAGS) -It/core -o $@ $< $(CORE_OBJS) $(MX_LIBS)
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -81,9 +84,9 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-test: deps all $(BUILD)/test-core
+test: deps all $(CORE_TESTS)
 	MX_VECTORS=$(SPEC)/vectors.json \
-	MATRIX_TEST_CORE=$(CURDIR)/$(BUILD)/test-core \
+	MATRIX_BUILD_DIR=$(CURDIR)/$(BUILD) \
 	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-/usr/sbin/nginx} \
 	TEST_NGINX_LOAD_MODULES=$(CURDIR)/$(BUILD)/ngx_http_matrix_module.so \
 	MATRIX_TOOL=$(CURDIR)/$(BUILD)/matrix-tool \
