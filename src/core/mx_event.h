@@ -42,6 +42,9 @@ typedef struct {
     json_t                     *prev_events;   /* array of event ID strings */
     int64_t                     depth;
     int64_t                     origin_server_ts;
+
+    char                        create_room_id[MX_EVENT_ID_LEN + 1];
+                                            /* v12: room_id points here */
 } mx_event_t;
 
 
