@@ -96,7 +96,7 @@ demo: deps all
 	sh examples/demo.sh
 
 bench: deps all
-	sh bench/keyserver/run.sh
+	@for b in bench/*/run.sh; do echo "== $$b"; sh $$b || exit 1; done
 
 clean:
 	rm -rf $(BUILD)

@@ -55,7 +55,7 @@ ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_matrix_srv_conf_t *mscf = conf;
 
     u_char              *text;
-    size_t               n;
+    size_t               n, nkeys;
     ssize_t              rd;
     mx_err_t             err;
     ngx_fd_t             fd;
@@ -74,7 +74,9 @@ ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    /* non-blocking: a FIFO in place of the key file must not hang nginx */
+    fd = ngx_open_file(file.data, NGX_FILE_RDONLY|NGX_FILE_NONBLOCK,
+                       NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
                            "matrix_signing_key: cannot open \"%s\"",
@@ -105,7 +107,7 @@ ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         goto failed;
     }
 
-    if (fi.st_mode & (S_IRWXO)) {
+    if (ngx_file_access(&fi) & S_IRWXO) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
                            "matrix_signing_key: \"%s\" is accessible by "
                            "other users, anyone who reads it can sign as "
@@ -120,10 +122,18 @@ ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     rd = ngx_read_fd(fd, text, n);
-    if (rd == -1 || (size_t) rd != n) {
+
+    if (rd == -1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
                            "matrix_signing_key: cannot read \"%s\"",
                            file.data);
+        goto failed;
+    }
+
+    if ((size_t) rd != n) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "matrix_signing_key: \"%s\" changed while "
+                           "being read", file.data);
         goto failed;
     }
 
@@ -145,8 +155,7 @@ ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     cln->data = mscf->signing_keys;
 
     if (mx_signing_keys_parse((char *) text, n, mscf->signing_keys->elts,
-                              NGX_HTTP_MATRIX_MAX_KEYS,
-                              &mscf->signing_keys->nelts, &err)
+                              NGX_HTTP_MATRIX_MAX_KEYS, &nkeys, &err)
         != MX_OK)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -154,6 +163,8 @@ ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            file.data, err.msg);
         goto failed;
     }
+
+    mscf->signing_keys->nelts = nkeys;
 
     ngx_explicit_memzero(text, n);
     mscf->signing_key_file = file;
@@ -207,6 +218,7 @@ ngx_http_matrix_old_verify_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char                      raw[64], *p;
     size_t                      len;
     off_t                       ts;
+    ngx_uint_t                  i;
     ngx_str_t                  *value;
     ngx_http_matrix_old_key_t  *old;
 
@@ -244,6 +256,20 @@ ngx_http_matrix_old_verify_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         mscf->old_keys = ngx_array_create(cf->pool, 2,
                                           sizeof(ngx_http_matrix_old_key_t));
         if (mscf->old_keys == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    old = mscf->old_keys->elts;
+
+    for (i = 0; i < mscf->old_keys->nelts; i++) {
+        if (old[i].key_id.len == value[1].len
+            && ngx_strncmp(old[i].key_id.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "matrix_old_verify_key: \"%V\" is given "
+                               "twice", &value[1]);
             return NGX_CONF_ERROR;
         }
     }
@@ -399,7 +425,7 @@ ngx_http_matrix_key_doc(ngx_http_matrix_srv_conf_t *mscf, ngx_log_t *log)
         ngx_log_error(NGX_LOG_ALERT, log, 0,
                       "matrix: cannot build the key document of \"%V\"",
                       &mscf->server_name);
-        return NULL;
+        goto previous;
     }
 
     mx_buf_init(&buf);
@@ -423,7 +449,7 @@ ngx_http_matrix_key_doc(ngx_http_matrix_srv_conf_t *mscf, ngx_log_t *log)
     doc = ngx_alloc(sizeof(ngx_http_matrix_key_doc_t) + buf.len, log);
     if (doc == NULL) {
         mx_buf_free(&buf);
-        return NULL;
+        goto previous;
     }
 
     doc->data = (u_char *) doc + sizeof(ngx_http_matrix_key_doc_t);
@@ -457,6 +483,14 @@ failed:
                   &mscf->server_name, err.msg);
     json_decref(json);
     mx_buf_free(&buf);
+
+previous:
+
+    /* the last document is still good until it expires */
+
+    if (mscf->key_doc && now < mscf->key_doc->valid_until_ts) {
+        return mscf->key_doc;
+    }
 
     return NULL;
 }

@@ -256,10 +256,18 @@ ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post, void *data)
 {
     time_t  *sp = data;
 
-    /* the spec asks servers not to hand out keys about to expire */
+    /*
+     * The document is re-signed at half its validity and the spec asks
+     * servers not to hand out keys that expire within an hour: so 2h at
+     * least.  A year at most keeps valid_until_ts a sane integer.
+     */
 
-    if (*sp < 3600) {
-        return "must be at least 1h";
+    if (*sp < 2 * 3600) {
+        return "must be at least 2h";
+    }
+
+    if (*sp > 365 * 24 * 3600) {
+        return "must be at most 365d";
     }
 
     return NGX_CONF_OK;
@@ -397,8 +405,12 @@ ngx_http_matrix_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_http_matrix_srv_conf_t  *mscf;
 
+    /*
+     * Inherited by the implicit locations of "limit_except" and "if", so
+     * that nginx's own errors there are Matrix errors too.
+     */
     if (conf->enable == NGX_CONF_UNSET) {
-        conf->enable = 0;
+        conf->enable = (prev->enable == NGX_CONF_UNSET) ? 0 : prev->enable;
         conf->file = prev->file;
         conf->line = prev->line;
     }

@@ -42,9 +42,12 @@ typedef struct {
     ngx_str_t                       server_name;
 
     ngx_str_t                       signing_key_file;
-    ngx_array_t                    *signing_keys;   /* mx_signing_key_t,
-                                                       the first one signs */
-    ngx_array_t                    *old_keys;       /* old_key_t */
+    ngx_array_t                    *signing_keys;   /* mx_signing_key_t; the
+                                                       first signs events,
+                                                       all sign the key
+                                                       document */
+    ngx_array_t                    *old_keys;       /* ngx_http_matrix_
+                                                       old_key_t */
     time_t                          key_validity;
 
     ngx_str_t                       well_known_server;

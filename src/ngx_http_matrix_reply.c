@@ -46,7 +46,8 @@ static ngx_http_matrix_status_error_t  ngx_http_matrix_status_errors[] = {
     { NGX_HTTP_REQUEST_URI_TOO_LARGE, "M_UNKNOWN", "Request URI is too long" },
     { NGX_HTTP_TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "Too many requests" },
     { NGX_HTTP_SERVICE_UNAVAILABLE, "M_UNKNOWN", "Service unavailable" },
-    { 0, "M_UNKNOWN", "Internal server error" }
+    { NGX_HTTP_INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error" },
+    { 0, "M_UNKNOWN", "Request failed" }
 };
 
 
@@ -94,10 +95,8 @@ ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
 
     ctx = ngx_http_matrix_get_ctx(r);
     if (ctx == NULL) {
-        return NGX_ERROR;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ctx->replied = 1;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
@@ -106,13 +105,19 @@ ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
+    /* generated JSON has no validators: If-Match and friends do not apply */
+    r->disable_not_modified = 1;
+
     if (ngx_http_matrix_cors_headers(r) != NGX_OK) {
-        return NGX_ERROR;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (len == 0) {
+    if (status == NGX_HTTP_NO_CONTENT) {
         r->header_only = 1;
     }
+
+    /* from here on the body is ours, even if sending it fails */
+    ctx->replied = 1;
 
     rc = ngx_http_send_header(r);
 

@@ -35,6 +35,8 @@ static ngx_int_t ngx_http_matrix_path_split(ngx_str_t *path,
 static ngx_http_matrix_route_node_t *ngx_http_matrix_node_match(
     ngx_http_matrix_route_node_t *node, ngx_http_matrix_path_t *path,
     ngx_uint_t i);
+static ngx_int_t ngx_http_matrix_path_normalised(ngx_http_request_t *r,
+    ngx_str_t *path);
 static ngx_int_t ngx_http_matrix_set_allow(ngx_http_request_t *r,
     ngx_uint_t methods);
 
@@ -291,7 +293,7 @@ ngx_http_matrix_node_match(ngx_http_matrix_route_node_t *node,
 ngx_int_t
 ngx_http_matrix_route_request(ngx_http_request_t *r)
 {
-    u_char                         *dst;
+    u_char                         *dst, *src;
     ngx_str_t                       path, *seg;
     ngx_int_t                       rc;
     ngx_uint_t                      i, method;
@@ -307,6 +309,24 @@ ngx_http_matrix_route_request(ngx_http_request_t *r)
         path.data = r->unparsed_uri.data;
         path.len = r->args_start ? (size_t) (r->args_start - 1 - path.data)
                                  : r->unparsed_uri.len;
+
+        /*
+         * nginx chose the location (and its deny, limit_req, ...) by the
+         * normalised r->uri; a raw path that normalises to something else
+         * ("..", "//", "%2e") would be routed past those rules.
+         */
+        rc = ngx_http_matrix_path_normalised(r, &path);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc != NGX_OK) {
+            return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                              "M_UNRECOGNIZED",
+                                              "Unrecognized request");
+        }
+
     } else {
         path = r->uri;
     }
@@ -367,8 +387,8 @@ ngx_http_matrix_route_request(ngx_http_request_t *r)
         }
 
         ctx->params[i].data = dst;
-        path.data = seg->data;
-        ngx_unescape_uri(&dst, &path.data, seg->len, 0);
+        src = seg->data;
+        ngx_unescape_uri(&dst, &src, seg->len, 0);
         ctx->params[i].len = dst - ctx->params[i].data;
     }
 
@@ -380,6 +400,40 @@ ngx_http_matrix_route_request(ngx_http_request_t *r)
     rc = route->handler(r, ctx);
 
     return rc;
+}
+
+
+/*
+ * NGX_OK if the raw path, percent-decoded, is the path nginx matched the
+ * location with: no dot segments, no doubled slashes, nothing decoded
+ * that nginx would have merged.
+ */
+
+static ngx_int_t
+ngx_http_matrix_path_normalised(ngx_http_request_t *r, ngx_str_t *path)
+{
+    u_char  *dst, *src, *decoded;
+
+    if (path->len < r->uri.len) {
+        return NGX_DECLINED;
+    }
+
+    decoded = ngx_pnalloc(r->pool, path->len);
+    if (decoded == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst = decoded;
+    src = path->data;
+    ngx_unescape_uri(&dst, &src, path->len, 0);
+
+    if ((size_t) (dst - decoded) != r->uri.len
+        || ngx_memcmp(decoded, r->uri.data, r->uri.len) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -415,7 +469,8 @@ ngx_http_matrix_set_allow(ngx_http_request_t *r, ngx_uint_t methods)
     for (i = 0; ngx_http_matrix_method_names[i].method; i++) {
         if (methods & ngx_http_matrix_method_names[i].method) {
             if (p != value.data) {
-                *p++ = ','; *p++ = ' ';
+                *p++ = ',';
+                *p++ = ' ';
             }
 
             p = ngx_copy(p, ngx_http_matrix_method_names[i].name.data,

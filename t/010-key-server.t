@@ -71,7 +71,7 @@ valid for more than an hour
 --- http_config
 matrix_server_name example.org;
 matrix_signing_key $TEST_NGINX_MATRIX_KEY;
-matrix_key_validity 2h;
+matrix_key_validity 3h;
 --- config
 location /_matrix/ { matrix; }
 --- request
@@ -80,10 +80,10 @@ GET /_matrix/key/v2/server
 sub {
     my ($ts) = $_[0] =~ /"valid_until_ts":(\d+)/ or return "no valid_until_ts";
     my $ahead = $ts - int(Time::HiRes::time() * 1000);
-    return ($ahead > 7190_000 && $ahead <= 7200_000) ? "2h ahead" : "$ahead ms ahead";
+    return ($ahead > 10790_000 && $ahead <= 10800_000) ? "3h ahead" : "$ahead ms ahead";
 }
 --- response_body chomp
-2h ahead
+3h ahead
 
 
 

@@ -329,3 +329,54 @@ GET /silo/x
 --- response_headers
 Content-Type: text/html
 --- response_body_like: <title>403 Forbidden</title>
+
+
+
+=== TEST 21: dot segments cannot route around a location's access rules
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/key/v2/server { deny all; matrix; }
+location /_matrix/ { matrix; }
+--- request eval
+["GET /_matrix/key/v2/server", "GET /_matrix/key/v2/server/..",
+ "GET /_matrix/key/v2/server/%2e%2e", "GET /_matrix//key/v2/server"]
+--- error_code eval
+[403, 404, 404, 403]
+--- response_body eval
+['{"errcode":"M_FORBIDDEN","error":"Forbidden"}',
+ '{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}',
+ '{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}',
+ '{"errcode":"M_FORBIDDEN","error":"Forbidden"}']
+
+
+
+=== TEST 22: nginx's errors inside limit_except are Matrix errors too
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ {
+    matrix;
+    limit_except GET { deny all; }
+}
+--- request
+POST /_matrix/federation/v1/version
+--- error_code: 403
+--- response_body chomp
+{"errcode":"M_FORBIDDEN","error":"Forbidden"}
+
+
+
+=== TEST 23: a conditional request gets the resource, not a 412
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+--- config
+location /_matrix/ { matrix; }
+--- request
+GET /_matrix/federation/v1/version
+--- more_headers
+If-Match: "x"
+--- error_code: 200

@@ -180,16 +180,16 @@ qr/\[emerg\] .*matrix_old_verify_key: invalid expiry "yesterday"/
 
 
 
-=== TEST 15: a key validity under an hour
+=== TEST 15: a key validity under two hours
 --- http_config
 matrix_server_name example.org;
 matrix_signing_key $TEST_NGINX_MATRIX_KEY;
-matrix_key_validity 10m;
+matrix_key_validity 90m;
 --- config
 location /_matrix/ { matrix; }
 --- must_die
 --- error_log eval
-qr/\[emerg\] "matrix_key_validity" directive must be at least 1h in \S+nginx.conf:\d+/
+qr/\[emerg\] "matrix_key_validity" directive must be at least 2h in \S+nginx.conf:\d+/
 
 
 
@@ -241,3 +241,30 @@ location /_matrix/ { matrix; }
 --- must_die
 --- error_log eval
 qr/\[emerg\] "matrix_signing_key" directive is duplicate/
+
+
+
+=== TEST 20: a key validity over a year
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_key_validity 100000000y;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "matrix_key_validity" directive must be at most 365d/
+
+
+
+=== TEST 21: the same old key id twice
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_old_verify_key ed25519:old AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8 1532645052628;
+matrix_old_verify_key ed25519:old AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8 1532645052629;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_old_verify_key: "ed25519:old" is given twice/
