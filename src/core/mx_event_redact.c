@@ -4,6 +4,10 @@
  * The redaction algorithm decides what every signature and every event
  * ID covers, so it is written as data: per room version, the top-level
  * keys kept and, per event type, the content keys kept.
+ *
+ * The redacted copy is new down to its content object; the values kept
+ * are shared with the original (referenced, not copied), so callers
+ * change only its top level or content keys, never what is below them.
  */
 
 #include <string.h>
@@ -136,7 +140,7 @@ mx_event_redact(const json_t *pdu, const mx_room_version_t *version,
             content = mx_event_redact_content(value, type, version);
 
         } else {
-            content = json_deep_copy(value);
+            content = json_incref(value);
         }
 
         if (content == NULL || json_object_set_new(out, key, content) != 0) {
@@ -144,6 +148,15 @@ mx_event_redact(const json_t *pdu, const mx_room_version_t *version,
             mx_err_set(err, "out of memory");
             return NULL;
         }
+    }
+
+    /* what is signed always has a content, if only an empty one */
+    if (json_object_get(out, "content") == NULL
+        && json_object_set_new(out, "content", json_object()) != 0)
+    {
+        json_decref(out);
+        mx_err_set(err, "out of memory");
+        return NULL;
     }
 
     return out;
@@ -206,7 +219,7 @@ mx_event_redact_content(const json_t *content, const char *type,
 
     json_object_foreach((json_t *) content, key, value) {
         if (mx_redact_keep(rule->keys, key)
-            && json_object_set_new(out, key, json_deep_copy(value)) != 0)
+            && json_object_set(out, key, value) != 0)
         {
             json_decref(out);
             return NULL;

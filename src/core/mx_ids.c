@@ -3,6 +3,8 @@
  * arrives from another server, before anything else looks at it.
  */
 
+#include <string.h>
+
 #include "mx_core.h"
 #include "mx_ids.h"
 
@@ -89,6 +91,38 @@ mx_server_name_valid(const char *name, size_t len, const char **why)
     }
 
     return MX_OK;
+}
+
+
+int
+mx_id_valid(const char *id, size_t len, char sigil, int need_server,
+    const char **why)
+{
+    const char  *colon;
+
+    if (len < 2 || len > 255 || id[0] != sigil) {
+        *why = "not an identifier of that kind or longer than 255 bytes";
+        return MX_ERROR;
+    }
+
+    if (memchr(id, '\0', len) != NULL) {
+        *why = "NUL in identifier";
+        return MX_ERROR;
+    }
+
+    if (!need_server) {
+        return MX_OK;
+    }
+
+    colon = memchr(id, ':', len);
+
+    if (colon == NULL || colon == id + 1) {
+        *why = "no local part and server name";
+        return MX_ERROR;
+    }
+
+    return mx_server_name_valid(colon + 1, len - (size_t) (colon + 1 - id),
+                                why);
 }
 
 

@@ -16,4 +16,14 @@
 int mx_server_name_valid(const char *name, size_t len, const char **why);
 
 
+/*
+ * A Matrix identifier: the sigil ('@' user, '!' room, '$' event, '#'
+ * alias), at most 255 bytes, no NUL, and with need_server a non-empty
+ * local part and a valid server name after the first ':' (user IDs, room
+ * IDs before v12; event IDs since v4 have no server part).
+ */
+int mx_id_valid(const char *id, size_t len, char sigil, int need_server,
+    const char **why);
+
+
 #endif /* MX_IDS_H */

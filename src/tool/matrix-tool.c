@@ -17,6 +17,8 @@
 #include <sodium.h>
 
 #include "mx_core.h"
+#include "mx_event.h"
+#include "mx_auth.h"
 
 
 #define MX_TOOL_NAME          "matrix-tool"
@@ -32,7 +34,8 @@
 /* more than a server ever needs in one file */
 #define MX_TOOL_MAX_KEYS      64
 
-#define MX_TOOL_OPT_MAX       8
+/* values of one repeatable option, e.g. verify-event --key */
+#define MX_TOOL_OPT_MAX       16
 
 /* mx_tool_options(): the subcommand's help was asked for and printed */
 #define MX_TOOL_HELP          1
@@ -50,10 +53,32 @@ struct mx_tool_cmd_s {
 
 
 typedef struct {
+    const char     *values[MX_TOOL_OPT_MAX];
+    size_t          n;
+} mx_tool_list_t;
+
+
+typedef struct {
     const char     *name;       /* "--key" */
     const char    **value;      /* for options with an argument */
     int            *flag;       /* for options without one */
+    mx_tool_list_t *list;       /* for repeatable options with one */
 } mx_tool_opt_t;
+
+
+/* verify-event: the public keys given on the command line */
+typedef struct {
+    const char     *server;     /* not NUL-terminated: server_len bytes */
+    size_t          server_len;
+    char            key_id[MX_KEY_ID_LEN + 1];
+    unsigned char   pk[MX_ED25519_PK_LEN];
+} mx_tool_pubkey_t;
+
+
+typedef struct {
+    mx_tool_pubkey_t   keys[MX_TOOL_OPT_MAX];
+    size_t             n;
+} mx_tool_keyring_t;
 
 
 static int mx_tool_keygen(const mx_tool_cmd_t *cmd, int argc, char **argv);
@@ -64,6 +89,15 @@ static int mx_tool_sign_json(const mx_tool_cmd_t *cmd, int argc,
 static int mx_tool_verify_json(const mx_tool_cmd_t *cmd, int argc,
     char **argv);
 static int mx_tool_pubkey(const mx_tool_cmd_t *cmd, int argc, char **argv);
+static int mx_tool_event_id(const mx_tool_cmd_t *cmd, int argc,
+    char **argv);
+static int mx_tool_redact(const mx_tool_cmd_t *cmd, int argc, char **argv);
+static int mx_tool_sign_event(const mx_tool_cmd_t *cmd, int argc,
+    char **argv);
+static int mx_tool_verify_event(const mx_tool_cmd_t *cmd, int argc,
+    char **argv);
+static int mx_tool_auth_check(const mx_tool_cmd_t *cmd, int argc,
+    char **argv);
 static int mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv);
 
 static int mx_tool_options(const mx_tool_cmd_t *cmd, int argc, char **argv,
@@ -88,6 +122,15 @@ static json_t *mx_tool_read_json(int flags);
 static int mx_tool_write(const void *p, size_t n);
 static int mx_tool_write_canonical(const json_t *v);
 static int mx_tool_print_key(const mx_signing_key_t *key);
+static int mx_tool_parse_pubkey(const mx_tool_cmd_t *cmd, const char *arg,
+    const char *shape, char *key_id, unsigned char *pk);
+static int mx_tool_room_version(const mx_tool_cmd_t *cmd, const char *id,
+    const mx_room_version_t **version);
+static int mx_tool_no_operands(const mx_tool_cmd_t *cmd, int argc,
+    char **argv, int first);
+static mx_event_t *mx_tool_read_event(const mx_room_version_t *version);
+static int mx_tool_lookup(void *data, const char *server,
+    const char *key_id, int64_t ts, unsigned char public_key[32]);
 
 
 static const mx_tool_cmd_t  mx_tool_cmds[] = {
@@ -117,6 +160,32 @@ static const mx_tool_cmd_t  mx_tool_cmds[] = {
     { "pubkey", mx_tool_pubkey,
       "--key FILE",
       "print \"ed25519:ID PUBLIC_KEY\" for every key in FILE." },
+
+    { "event-id", mx_tool_event_id,
+      "--room-version V",
+      "print the event ID of the PDU on stdin (validated as a PDU of\n"
+      "room version V first)." },
+
+    { "redact", mx_tool_redact,
+      "--room-version V",
+      "the redacted form of the event on stdin under the rules of room\n"
+      "version V, canonical and without trailing newline." },
+
+    { "sign-event", mx_tool_sign_event,
+      "--key FILE --server NAME --room-version V",
+      "add the content hash and NAME's signature with the first key in\n"
+      "FILE to the PDU on stdin; writes it canonical, no newline." },
+
+    { "verify-event", mx_tool_verify_event,
+      "--room-version V --key SERVER=ed25519:ID=BASE64 [--key ...]",
+      "check the signatures the PDU on stdin needs, then its content\n"
+      "hash; prints \"ok\" and exits 0 if both hold." },
+
+    { "auth-check", mx_tool_auth_check,
+      "--room-version V",
+      "apply the authorisation rules to {\"event\": PDU, \"auth_events\":\n"
+      "[PDU, ...]} on stdin: prints \"allowed\" (exit 0) or\n"
+      "\"refused: RULE\" (exit 1)." },
 
     { "help", mx_tool_help,
       "[COMMAND]",
@@ -165,8 +234,8 @@ mx_tool_keygen(const mx_tool_cmd_t *cmd, int argc, char **argv)
     const char        *version, *path;
     mx_signing_key_t   key;
     mx_tool_opt_t      opts[] = {
-        { "--version", &version, NULL },
-        { NULL, NULL, NULL }
+        { "--version", &version, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
     };
 
     version = NULL;
@@ -266,8 +335,8 @@ mx_tool_canonical(const mx_tool_cmd_t *cmd, int argc, char **argv)
     int             rc, first, strict;
     json_t         *v;
     mx_tool_opt_t   opts[] = {
-        { "--strict", NULL, &strict },
-        { NULL, NULL, NULL }
+        { "--strict", NULL, &strict, NULL },
+        { NULL, NULL, NULL, NULL }
     };
 
     strict = 0;
@@ -304,9 +373,9 @@ mx_tool_sign_json(const mx_tool_cmd_t *cmd, int argc, char **argv)
     mx_err_t           err;
     const char        *key_file, *server;
     mx_tool_opt_t      opts[] = {
-        { "--key", &key_file, NULL },
-        { "--server", &server, NULL },
-        { NULL, NULL, NULL }
+        { "--key", &key_file, NULL, NULL },
+        { "--server", &server, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
     };
     mx_signing_key_t   keys[MX_TOOL_MAX_KEYS];
 
@@ -365,16 +434,15 @@ mx_tool_verify_json(const mx_tool_cmd_t *cmd, int argc, char **argv)
 {
     int            rc, first;
     char           key_id[MX_KEY_ID_LEN + 1];
-    size_t         id_len, pk_len;
     json_t        *v;
     mx_err_t       err;
-    const char    *key, *server, *eq;
+    const char    *key, *server;
     mx_tool_opt_t  opts[] = {
-        { "--key", &key, NULL },
-        { "--server", &server, NULL },
-        { NULL, NULL, NULL }
+        { "--key", &key, NULL, NULL },
+        { "--server", &server, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
     };
-    unsigned char  pk[MX_ED25519_PK_LEN + 2];
+    unsigned char  pk[MX_ED25519_PK_LEN];
 
     key = NULL;
     server = NULL;
@@ -393,28 +461,10 @@ mx_tool_verify_json(const mx_tool_cmd_t *cmd, int argc, char **argv)
         return mx_tool_usage_error(cmd, "--key and --server are required");
     }
 
-    /* the key id has no "=", base64 may end in "=": split at the first */
-    eq = strchr(key, '=');
-    id_len = eq ? (size_t) (eq - key) : 0;
-
-    if (eq == NULL || id_len <= 8 || id_len > MX_KEY_ID_LEN
-        || strncmp(key, "ed25519:", 8) != 0)
-    {
-        return mx_tool_usage_error(cmd, "--key must look like "
-                                   "ed25519:ID=BASE64PUBLICKEY");
-    }
-
-    memcpy(key_id, key, id_len);
-    key_id[id_len] = '\0';
-
-    /* 32 bytes are at most 44 base64 characters; pk has room for 34 */
-    if (strlen(eq + 1) > 44
-        || mx_base64_decode(pk, &pk_len, eq + 1, strlen(eq + 1)) != MX_OK
-        || pk_len != MX_ED25519_PK_LEN)
-    {
-        mx_tool_error("the public key of %s is not 32 bytes of base64",
-                      key_id);
-        return MX_TOOL_EXIT_FAIL;
+    rc = mx_tool_parse_pubkey(cmd, key, "--key must look like "
+                              "ed25519:ID=BASE64PUBLICKEY", key_id, pk);
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
     }
 
     v = mx_tool_read_json(MX_JSON_STRICT);
@@ -443,8 +493,8 @@ mx_tool_pubkey(const mx_tool_cmd_t *cmd, int argc, char **argv)
     size_t             i, n;
     const char        *key_file;
     mx_tool_opt_t      opts[] = {
-        { "--key", &key_file, NULL },
-        { NULL, NULL, NULL }
+        { "--key", &key_file, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
     };
     mx_signing_key_t   keys[MX_TOOL_MAX_KEYS];
 
@@ -482,6 +532,394 @@ mx_tool_pubkey(const mx_tool_cmd_t *cmd, int argc, char **argv)
     return rc;
 }
 
+static int
+mx_tool_event_id(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                        rc, first;
+    const char                *rv;
+    mx_event_t                *ev;
+    mx_tool_opt_t              opts[] = {
+        { "--room-version", &rv, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+    const mx_room_version_t   *version;
+
+    rv = NULL;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    rc = mx_tool_no_operands(cmd, argc, argv, first);
+    if (rc == MX_TOOL_EXIT_OK) {
+        rc = mx_tool_room_version(cmd, rv, &version);
+    }
+
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    ev = mx_tool_read_event(version);
+    if (ev == NULL) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    rc = mx_tool_write(ev->event_id, strlen(ev->event_id)) == MX_OK
+         && mx_tool_write("\n", 1) == MX_OK
+         ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_FAIL;
+
+    mx_event_free(ev);
+
+    return rc;
+}
+
+
+static int
+mx_tool_redact(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                        rc, first;
+    json_t                    *v, *redacted;
+    mx_err_t                   err;
+    const char                *rv;
+    mx_tool_opt_t              opts[] = {
+        { "--room-version", &rv, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+    const mx_room_version_t   *version;
+
+    rv = NULL;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    rc = mx_tool_no_operands(cmd, argc, argv, first);
+    if (rc == MX_TOOL_EXIT_OK) {
+        rc = mx_tool_room_version(cmd, rv, &version);
+    }
+
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    /*
+     * Any object is redacted, not only a valid PDU: redaction is also
+     * what makes an event that fails its hash check usable.
+     */
+    v = mx_tool_read_json(version->strict_canonical_json ? MX_JSON_STRICT
+                                                         : 0);
+    if (v == NULL) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    redacted = mx_event_redact(v, version, &err);
+
+    json_decref(v);
+
+    if (redacted == NULL) {
+        mx_tool_error("stdin: %s", err.msg);
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    rc = mx_tool_write_canonical(redacted) == MX_OK ? MX_TOOL_EXIT_OK
+                                                    : MX_TOOL_EXIT_FAIL;
+
+    json_decref(redacted);
+
+    return rc;
+}
+
+
+static int
+mx_tool_sign_event(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                        rc, first;
+    size_t                     n;
+    json_t                    *v;
+    mx_err_t                   err;
+    const char                *key_file, *server, *rv;
+    mx_event_t                *ev;
+    mx_tool_opt_t              opts[] = {
+        { "--key", &key_file, NULL, NULL },
+        { "--server", &server, NULL, NULL },
+        { "--room-version", &rv, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+    mx_signing_key_t           keys[MX_TOOL_MAX_KEYS];
+    const mx_room_version_t   *version;
+
+    key_file = NULL;
+    server = NULL;
+    rv = NULL;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    rc = mx_tool_no_operands(cmd, argc, argv, first);
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    if (key_file == NULL || server == NULL || server[0] == '\0') {
+        return mx_tool_usage_error(cmd, "--key and --server are required");
+    }
+
+    rc = mx_tool_room_version(cmd, rv, &version);
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    if (mx_tool_read_keys(key_file, keys, &n) != MX_OK) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    rc = MX_TOOL_EXIT_FAIL;
+    ev = NULL;
+
+    v = mx_tool_read_json(version->strict_canonical_json ? MX_JSON_STRICT
+                                                         : 0);
+    if (v == NULL) {
+        goto done;
+    }
+
+    if (mx_event_sign(v, version, server, &keys[0], &err) != MX_OK) {
+        mx_tool_error("stdin: %s", err.msg);
+        goto done;
+    }
+
+    /*
+     * Only now is it complete enough to be checked as a PDU; a server
+     * must not sign and send what it would refuse from others.
+     */
+    if (mx_event_from_json(v, version, &ev, &err) != MX_OK) {
+        mx_tool_error("stdin: not a valid PDU: %s", err.msg);
+        goto done;
+    }
+
+    if (mx_tool_write_canonical(v) == MX_OK) {
+        rc = MX_TOOL_EXIT_OK;
+    }
+
+done:
+
+    sodium_memzero(keys, sizeof(keys));
+
+    mx_event_free(ev);
+
+    if (v) {
+        json_decref(v);
+    }
+
+    return rc;
+}
+
+
+static int
+mx_tool_verify_event(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                        rc, first;
+    size_t                     i, len;
+    mx_err_t                   err;
+    const char                *rv, *arg, *eq;
+    mx_event_t                *ev;
+    mx_tool_list_t             key_args;
+    mx_tool_opt_t              opts[] = {
+        { "--room-version", &rv, NULL, NULL },
+        { "--key", NULL, NULL, &key_args },
+        { NULL, NULL, NULL, NULL }
+    };
+    mx_tool_pubkey_t          *k;
+    mx_tool_keyring_t          ring;
+    const mx_room_version_t   *version;
+
+    rv = NULL;
+    key_args.n = 0;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    rc = mx_tool_no_operands(cmd, argc, argv, first);
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    if (key_args.n == 0) {
+        return mx_tool_usage_error(cmd, "at least one --key is required");
+    }
+
+    rc = mx_tool_room_version(cmd, rv, &version);
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    /* server names have no "=": the first one ends the server */
+
+    for (i = 0; i < key_args.n; i++) {
+        arg = key_args.values[i];
+        k = &ring.keys[i];
+
+        eq = strchr(arg, '=');
+        len = eq ? (size_t) (eq - arg) : 0;
+
+        if (len == 0) {
+            return mx_tool_usage_error(cmd, "--key must look like "
+                                       "SERVER=ed25519:ID=BASE64PUBLICKEY");
+        }
+
+        rc = mx_tool_parse_pubkey(cmd, eq + 1, "--key must look like "
+                                  "SERVER=ed25519:ID=BASE64PUBLICKEY",
+                                  k->key_id, k->pk);
+        if (rc != MX_TOOL_EXIT_OK) {
+            return rc;
+        }
+
+        /* argv outlives the lookups: point into it, cut at the "=" */
+        k->server = arg;
+        k->server_len = len;
+    }
+
+    ring.n = key_args.n;
+
+    ev = mx_tool_read_event(version);
+    if (ev == NULL) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    /*
+     * Signatures first, as the spec orders it: a bad hash on a properly
+     * signed event means "redact it", on a forgery it means nothing.
+     */
+    rc = mx_event_verify_signatures(ev->json, version, mx_tool_lookup, &ring,
+                                    &err);
+
+    if (rc == MX_OK) {
+        rc = mx_event_check_content_hash(ev->json, &err);
+
+        if (rc == MX_EVENT_HASH_MISMATCH) {
+            snprintf(err.msg, sizeof(err.msg),
+                     "content hash mismatch: the event must be redacted");
+        }
+    }
+
+    mx_event_free(ev);
+
+    if (rc != MX_OK) {
+        mx_tool_error("%s", err.msg);
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    return mx_tool_write("ok\n", 3) == MX_OK ? MX_TOOL_EXIT_OK
+                                             : MX_TOOL_EXIT_FAIL;
+}
+
+
+static int
+mx_tool_auth_check(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                        rc, first;
+    char                       line[MX_ERR_LEN + 16];
+    size_t                     i, n;
+    json_t                    *v, *pdu, *list;
+    mx_err_t                   err;
+    const char                *rv;
+    mx_event_t                *ev, **auth;
+    mx_tool_opt_t              opts[] = {
+        { "--room-version", &rv, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+    const mx_room_version_t   *version;
+
+    rv = NULL;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    rc = mx_tool_no_operands(cmd, argc, argv, first);
+    if (rc == MX_TOOL_EXIT_OK) {
+        rc = mx_tool_room_version(cmd, rv, &version);
+    }
+
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    v = mx_tool_read_json(version->strict_canonical_json ? MX_JSON_STRICT
+                                                         : 0);
+    if (v == NULL) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    pdu = json_object_get(v, "event");
+    list = json_object_get(v, "auth_events");
+
+    if (!json_is_object(pdu) || !json_is_array(list)) {
+        mx_tool_error("stdin: expected {\"event\": PDU, "
+                      "\"auth_events\": [PDU, ...]}");
+        json_decref(v);
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    rc = MX_TOOL_EXIT_FAIL;
+    ev = NULL;
+    n = json_array_size(list);
+
+    /* one more than needed, so that no auth events is no special case */
+    auth = calloc(n + 1, sizeof(mx_event_t *));
+    if (auth == NULL) {
+        mx_tool_error("out of memory");
+        goto done;
+    }
+
+    if (mx_event_from_json(pdu, version, &ev, &err) != MX_OK) {
+        mx_tool_error("stdin: event: %s", err.msg);
+        goto done;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (mx_event_from_json(json_array_get(list, i), version, &auth[i],
+                               &err)
+            != MX_OK)
+        {
+            mx_tool_error("stdin: auth_events[%zu]: %s", i, err.msg);
+            goto done;
+        }
+    }
+
+    if (mx_auth_check(ev, (const mx_event_t *const *) auth, n, &err)
+        == MX_OK)
+    {
+        rc = mx_tool_write("allowed\n", 8) == MX_OK ? MX_TOOL_EXIT_OK
+                                                    : MX_TOOL_EXIT_FAIL;
+
+    } else {
+        snprintf(line, sizeof(line), "refused: %s\n", err.msg);
+        mx_tool_write(line, strlen(line));
+    }
+
+done:
+
+    if (auth) {
+        for (i = 0; i < n; i++) {
+            mx_event_free(auth[i]);
+        }
+
+        free(auth);
+    }
+
+    mx_event_free(ev);
+    json_decref(v);
+
+    return rc;
+}
+
 
 static int
 mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv)
@@ -507,7 +945,8 @@ mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv)
 
 /*
  * Options come before operands, as "--name value", "--name=value" or
- * a bare "--flag"; "--" ends them.  *first gets the first operand.
+ * a bare "--flag"; "--" ends them.  *first gets the first operand.  An
+ * option with a list collects every occurrence, others keep the last.
  */
 static int
 mx_tool_options(const mx_tool_cmd_t *cmd, int argc, char **argv,
@@ -515,7 +954,7 @@ mx_tool_options(const mx_tool_cmd_t *cmd, int argc, char **argv,
 {
     int             i;
     size_t          len;
-    const char     *arg, *eq;
+    const char     *arg, *eq, *value;
     mx_tool_opt_t  *o;
 
     for (i = 1; i < argc; i++) {
@@ -562,15 +1001,28 @@ mx_tool_options(const mx_tool_cmd_t *cmd, int argc, char **argv,
         }
 
         if (eq) {
-            *o->value = eq + 1;
+            value = eq + 1;
 
         } else if (i + 1 < argc) {
-            *o->value = argv[++i];
+            value = argv[++i];
 
         } else {
             mx_tool_usage_error(cmd, "%s needs a value", o->name);
             return MX_ERROR;
         }
+
+        if (o->list == NULL) {
+            *o->value = value;
+            continue;
+        }
+
+        if (o->list->n == MX_TOOL_OPT_MAX) {
+            mx_tool_usage_error(cmd, "%s is given more than %d times",
+                                o->name, MX_TOOL_OPT_MAX);
+            return MX_ERROR;
+        }
+
+        o->list->values[o->list->n++] = value;
     }
 
     *first = i;
@@ -820,4 +1272,140 @@ mx_tool_print_key(const mx_signing_key_t *key)
     n = snprintf(line, sizeof(line), "%s %s\n", key->key_id, pub);
 
     return mx_tool_write(line, (size_t) n);
+}
+
+
+/*
+ * "ed25519:ID=BASE64" into key_id and pk.  A malformed shape is a usage
+ * error (shape says what was expected), a bad key is bad input.
+ */
+static int
+mx_tool_parse_pubkey(const mx_tool_cmd_t *cmd, const char *arg,
+    const char *shape, char *key_id, unsigned char *pk)
+{
+    size_t         id_len, pk_len;
+    const char    *eq;
+    unsigned char  buf[MX_ED25519_PK_LEN + 2];
+
+    /* the key id has no "=", base64 may end in "=": split at the first */
+    eq = strchr(arg, '=');
+    id_len = eq ? (size_t) (eq - arg) : 0;
+
+    if (eq == NULL || id_len <= 8 || id_len > MX_KEY_ID_LEN
+        || strncmp(arg, "ed25519:", 8) != 0)
+    {
+        return mx_tool_usage_error(cmd, "%s", shape);
+    }
+
+    memcpy(key_id, arg, id_len);
+    key_id[id_len] = '\0';
+
+    /* 32 bytes are at most 44 base64 characters; buf has room for 34 */
+    if (strlen(eq + 1) > 44
+        || mx_base64_decode(buf, &pk_len, eq + 1, strlen(eq + 1)) != MX_OK
+        || pk_len != MX_ED25519_PK_LEN)
+    {
+        mx_tool_error("the public key of %s is not 32 bytes of base64",
+                      key_id);
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    memcpy(pk, buf, MX_ED25519_PK_LEN);
+
+    return MX_TOOL_EXIT_OK;
+}
+
+
+/*
+ * A missing --room-version is a usage error; one we do not implement is
+ * a well-formed request we cannot serve, like any other bad input.
+ */
+static int
+mx_tool_room_version(const mx_tool_cmd_t *cmd, const char *id,
+    const mx_room_version_t **version)
+{
+    if (id == NULL || id[0] == '\0') {
+        return mx_tool_usage_error(cmd, "--room-version is required");
+    }
+
+    *version = mx_room_version_find(id, strlen(id));
+
+    if (*version == NULL) {
+        mx_tool_error("unsupported room version \"%s\"", id);
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    return MX_TOOL_EXIT_OK;
+}
+
+
+static int
+mx_tool_no_operands(const mx_tool_cmd_t *cmd, int argc, char **argv,
+    int first)
+{
+    if (first != argc) {
+        return mx_tool_usage_error(cmd, "unexpected argument \"%s\"",
+                                   argv[first]);
+    }
+
+    return MX_TOOL_EXIT_OK;
+}
+
+
+/* stdin as a PDU of that version: parsed, validated, its ID computed */
+static mx_event_t *
+mx_tool_read_event(const mx_room_version_t *version)
+{
+    mx_buf_t     buf;
+    mx_err_t     err;
+    mx_event_t  *ev;
+
+    mx_buf_init(&buf);
+
+    if (mx_tool_read_fd(STDIN_FILENO, "stdin", MX_TOOL_STDIN_MAX, &buf)
+        != MX_OK)
+    {
+        mx_buf_free(&buf);
+        return NULL;
+    }
+
+    if (mx_event_parse((char *) buf.data, buf.len, version, &ev, &err)
+        != MX_OK)
+    {
+        mx_tool_error("stdin: %s", err.msg);
+        ev = NULL;
+    }
+
+    mx_buf_free(&buf);
+
+    return ev;
+}
+
+
+/* the keys of verify-event's command line; any validity period */
+static int
+mx_tool_lookup(void *data, const char *server, const char *key_id,
+    int64_t ts, unsigned char public_key[32])
+{
+    size_t              i;
+    mx_tool_keyring_t  *ring;
+    mx_tool_pubkey_t   *k;
+
+    (void) ts;
+
+    ring = data;
+
+    for (i = 0; i < ring->n; i++) {
+        k = &ring->keys[i];
+
+        if (strlen(server) == k->server_len
+            && memcmp(server, k->server, k->server_len) == 0
+            && strcmp(key_id, k->key_id) == 0)
+        {
+            memcpy(public_key, k->pk, MX_ED25519_PK_LEN);
+            return MX_OK;
+        }
+    }
+
+    return MX_ERROR;
 }
