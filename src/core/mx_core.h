@@ -152,6 +152,22 @@ int mx_json_sign(json_t *obj, const char *server,
     const mx_signing_key_t *key, mx_err_t *err);
 
 /*
+ * Signs the signing bytes of what (see mx_json_signing_bytes()) and puts
+ * the signature in target's signatures[server][key->key_id].  Events are
+ * signed this way: what is the redacted event, target the event.
+ * mx_json_sign(obj, ...) is mx_json_sign_into(obj, obj, ...).
+ */
+int mx_json_sign_into(json_t *target, const json_t *what, const char *server,
+    const mx_signing_key_t *key, mx_err_t *err);
+
+/*
+ * MX_OK if signatures and signatures[server], where present, are objects:
+ * a signature can then be added without failing half-way.
+ */
+int mx_json_signatures_check(const json_t *obj, const char *server,
+    mx_err_t *err);
+
+/*
  * Checks signatures[server][key_id] of obj against public_key.  MX_OK
  * only if that signature is present and valid.
  */

@@ -122,7 +122,7 @@ mx_event_sign(json_t *pdu, const mx_room_version_t *version,
     int            rc;
     char           b64[MX_SHA256_B64_LEN + 1];
     size_t         n;
-    json_t        *hashes, *sigs, *by_server, *redacted, *sig;
+    json_t        *hashes, *redacted;
     unsigned char  hash[MX_SHA256_LEN];
 
     if (!json_is_object(pdu)) {
@@ -138,15 +138,7 @@ mx_event_sign(json_t *pdu, const mx_room_version_t *version,
         return MX_ERROR;
     }
 
-    sigs = json_object_get(pdu, "signatures");
-    if (sigs != NULL && !json_is_object(sigs)) {
-        mx_err_set(err, "\"signatures\" is not an object");
-        return MX_ERROR;
-    }
-
-    by_server = sigs ? json_object_get(sigs, server) : NULL;
-    if (by_server != NULL && !json_is_object(by_server)) {
-        mx_err_set(err, "\"signatures\".\"%s\" is not an object", server);
+    if (mx_json_signatures_check(pdu, server, err) != MX_OK) {
         return MX_ERROR;
     }
 
@@ -179,59 +171,7 @@ mx_event_sign(json_t *pdu, const mx_room_version_t *version,
         return MX_ERROR;
     }
 
-    rc = MX_ERROR;
-
-    /*
-     * The redacted copy shares its values with pdu; signing it must not
-     * write into pdu's own signatures, which are excluded from what is
-     * signed anyway.
-     */
-    json_object_del(redacted, "signatures");
-
-    if (mx_json_sign(redacted, server, key, err) != MX_OK) {
-        goto done;
-    }
-
-    sig = json_object_get(json_object_get(json_object_get(redacted,
-                                                          "signatures"),
-                                          server),
-                          key->key_id);
-
-    if (sig == NULL) {
-        mx_err_set(err, "the signature is missing from the redacted event");
-        goto done;
-    }
-
-    if (sigs == NULL) {
-        sigs = json_object();
-
-        if (sigs == NULL || json_object_set_new(pdu, "signatures", sigs) != 0)
-        {
-            mx_err_set(err, "out of memory");
-            goto done;
-        }
-    }
-
-    if (by_server == NULL) {
-        by_server = json_object();
-
-        /* json_object_set_new() also refuses a name that is not UTF-8 */
-        if (by_server == NULL
-            || json_object_set_new(sigs, server, by_server) != 0)
-        {
-            mx_err_set(err, "cannot add \"%s\" to the signatures", server);
-            goto done;
-        }
-    }
-
-    if (json_object_set(by_server, key->key_id, sig) != 0) {
-        mx_err_set(err, "out of memory");
-        goto done;
-    }
-
-    rc = MX_OK;
-
-done:
+    rc = mx_json_sign_into(pdu, redacted, server, key, err);
 
     json_decref(redacted);
 

@@ -55,19 +55,20 @@ int
 mx_json_sign(json_t *obj, const char *server, const mx_signing_key_t *key,
     mx_err_t *err)
 {
-    int            rc;
-    char           b64[MX_SIG_B64_LEN + 1];
-    size_t         n;
-    json_t        *sigs, *by_server, *value;
-    mx_buf_t       buf;
-    unsigned char  sig[MX_ED25519_SIG_LEN];
+    return mx_json_sign_into(obj, obj, server, key, err);
+}
+
+
+int
+mx_json_signatures_check(const json_t *obj, const char *server,
+    mx_err_t *err)
+{
+    json_t  *sigs, *by_server;
 
     if (!json_is_object(obj)) {
         mx_err_set(err, "only a JSON object can be signed");
         return MX_ERROR;
     }
-
-    /* refuse a malformed "signatures" before anything is changed */
 
     sigs = json_object_get(obj, "signatures");
     if (sigs != NULL && !json_is_object(sigs)) {
@@ -81,6 +82,27 @@ mx_json_sign(json_t *obj, const char *server, const mx_signing_key_t *key,
         return MX_ERROR;
     }
 
+    return MX_OK;
+}
+
+
+int
+mx_json_sign_into(json_t *target, const json_t *what, const char *server,
+    const mx_signing_key_t *key, mx_err_t *err)
+{
+    int            rc;
+    char           b64[MX_SIG_B64_LEN + 1];
+    size_t         n;
+    json_t        *sigs, *by_server, *value;
+    mx_buf_t       buf;
+    unsigned char  sig[MX_ED25519_SIG_LEN];
+
+    /* refuse a malformed "signatures" before anything is changed */
+
+    if (mx_json_signatures_check(target, server, err) != MX_OK) {
+        return MX_ERROR;
+    }
+
     if (sodium_init() < 0) {
         mx_err_set(err, "libsodium initialisation failed");
         return MX_ERROR;
@@ -88,7 +110,7 @@ mx_json_sign(json_t *obj, const char *server, const mx_signing_key_t *key,
 
     mx_buf_init(&buf);
 
-    if (mx_json_signing_bytes(obj, &buf, err) != MX_OK) {
+    if (mx_json_signing_bytes(what, &buf, err) != MX_OK) {
         mx_buf_free(&buf);
         return MX_ERROR;
     }
@@ -105,7 +127,7 @@ mx_json_sign(json_t *obj, const char *server, const mx_signing_key_t *key,
     n = mx_base64_encode(b64, sig, sizeof(sig), MX_BASE64_STD);
     b64[n] = '\0';
 
-    if (mx_sign_sub_object(obj, "signatures", &sigs, err) != MX_OK
+    if (mx_sign_sub_object(target, "signatures", &sigs, err) != MX_OK
         || mx_sign_sub_object(sigs, server, &by_server, err) != MX_OK)
     {
         return MX_ERROR;
