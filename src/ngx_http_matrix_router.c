@@ -418,6 +418,13 @@ ngx_http_matrix_path_normalised(ngx_http_request_t *r, ngx_str_t *path)
         return NGX_DECLINED;
     }
 
+    /* the common case: nothing to decode, nothing normalised */
+    if (path->len == r->uri.len
+        && ngx_memcmp(path->data, r->uri.data, path->len) == 0)
+    {
+        return NGX_OK;
+    }
+
     decoded = ngx_pnalloc(r->pool, path->len);
     if (decoded == NULL) {
         return NGX_ERROR;
