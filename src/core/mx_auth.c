@@ -94,6 +94,7 @@ static int mx_auth_member(mx_auth_ctx_t *c);
 static int mx_auth_join(mx_auth_ctx_t *c);
 static int mx_auth_invite(mx_auth_ctx_t *c);
 static int mx_auth_third_party(mx_auth_ctx_t *c);
+static int mx_auth_signed_by(json_t *signed_, json_t *pk);
 static int mx_auth_leave(mx_auth_ctx_t *c);
 static int mx_auth_ban(mx_auth_ctx_t *c);
 static int mx_auth_knock(mx_auth_ctx_t *c);
@@ -601,6 +602,24 @@ mx_auth_auth_events(mx_auth_ctx_t *c)
     mx_auth_key_t      keys[MX_AUTH_TYPES_MAX];
     const mx_event_t  *a, *b;
 
+    /*
+     * The same event cited twice is two auth events for one (type,
+     * state_key) as well, whatever the caller passed in once.
+     */
+    for (i = 0; i < json_array_size(c->ev->auth_events); i++) {
+        id = json_string_value(json_array_get(c->ev->auth_events, i));
+
+        for (j = 0; j < i; j++) {
+            if (strcmp(id, json_string_value(json_array_get(
+                               c->ev->auth_events, j))) == 0)
+            {
+                return mx_auth_decide(c, MX_ERROR,
+                                      "rule %u.1: %s is cited twice in "
+                                      "auth_events", c->r_auth, id);
+            }
+        }
+    }
+
     for (i = 0; i < c->n; i++) {
         a = c->list[i];
 
@@ -925,13 +944,10 @@ mx_auth_invite(mx_auth_ctx_t *c)
 static int
 mx_auth_third_party(mx_auth_ctx_t *c)
 {
-    void              *iter;
-    size_t             k, nkeys, len;
-    json_t            *tpi, *signed_, *mxid, *token, *sigs, *keyids, *pk;
-    json_t            *list, *item, *candidates[64];
+    int                matched;
+    size_t             k;
+    json_t            *tpi, *signed_, *mxid, *token, *list, *item;
     unsigned           r, i;
-    const char        *server, *key_id;
-    unsigned char      key[MX_ED25519_PK_LEN * 2];
     const mx_event_t  *ev, *invite;
 
     ev = c->ev;
@@ -986,67 +1002,79 @@ mx_auth_third_party(mx_auth_ctx_t *c)
                               "m.room.third_party_invite", r, i);
     }
 
-    /* the keys: public_key, then each public_keys[].public_key */
-
-    nkeys = 0;
-    pk = json_object_get(invite->content, "public_key");
-
-    if (json_is_string(pk)) {
-        candidates[nkeys++] = pk;
-    }
+    /* the keys: public_key, then each public_keys[].public_key, all */
 
     list = json_object_get(invite->content, "public_keys");
 
-    for (k = 0; k < json_array_size(list); k++) {
-        item = json_object_get(json_array_get(list, k), "public_key");
+    if (mx_auth_signed_by(signed_,
+                          json_object_get(invite->content, "public_key")))
+    {
+        matched = 1;
 
-        if (json_is_string(item)
-            && nkeys < sizeof(candidates) / sizeof(candidates[0]))
-        {
-            candidates[nkeys++] = item;
+    } else {
+        matched = 0;
+
+        for (k = 0; k < json_array_size(list) && !matched; k++) {
+            item = json_object_get(json_array_get(list, k), "public_key");
+            matched = mx_auth_signed_by(signed_, item);
         }
     }
 
-    sigs = json_object_get(signed_, "signatures");
-
-    for (k = 0; k < nkeys && json_is_object(sigs); k++) {
-        pk = candidates[k];
-
-        /* anything but 32 bytes of base64 cannot verify a signature */
-        if (json_string_length(pk) > MX_ED25519_PK_LEN * 2
-            || mx_base64_decode(key, &len, json_string_value(pk),
-                                json_string_length(pk)) != MX_OK
-            || len != MX_ED25519_PK_LEN)
-        {
-            continue;
-        }
-
-        json_object_foreach(sigs, server, keyids) {
-            if (!json_is_object(keyids)) {
-                continue;
-            }
-
-            for (iter = json_object_iter(keyids); iter != NULL;
-                 iter = json_object_iter_next(keyids, iter))
-            {
-                key_id = json_object_iter_key(iter);
-
-                if (strncmp(key_id, "ed25519:", 8) == 0
-                    && mx_json_verify(signed_, server, key_id, key, NULL)
-                       == MX_OK)
-                {
-                    return mx_auth_decide(c, MX_OK,
-                                          "rule %u.%u.1.7: signed with a key "
-                                          "of the m.room.third_party_invite",
-                                          r, i);
-                }
-            }
-        }
+    if (matched) {
+        return mx_auth_decide(c, MX_OK,
+                              "rule %u.%u.1.7: signed with a key of the "
+                              "m.room.third_party_invite", r, i);
     }
 
     return mx_auth_decide(c, MX_ERROR,
                           "rule %u.%u.1.8: no signature in signed matches a "
                           "key of the m.room.third_party_invite", r, i);
+}
+
+
+/* whether signed carries a valid ed25519 signature by that public key */
+
+static int
+mx_auth_signed_by(json_t *signed_, json_t *pk)
+{
+    void           *iter;
+    size_t          len;
+    json_t         *sigs, *keyids;
+    const char     *server, *key_id;
+    unsigned char   key[MX_ED25519_PK_LEN * 2];
+
+    sigs = json_object_get(signed_, "signatures");
+
+    /* anything but 32 bytes of base64 cannot verify a signature */
+    if (!json_is_string(pk) || !json_is_object(sigs)
+        || json_string_length(pk) > MX_ED25519_PK_LEN * 2
+        || mx_base64_decode(key, &len, json_string_value(pk),
+                            json_string_length(pk)) != MX_OK
+        || len != MX_ED25519_PK_LEN)
+    {
+        return 0;
+    }
+
+    json_object_foreach(sigs, server, keyids) {
+        if (!json_is_object(keyids)) {
+            continue;
+        }
+
+        for (iter = json_object_iter(keyids); iter != NULL;
+             iter = json_object_iter_next(keyids, iter))
+        {
+            key_id = json_object_iter_key(iter);
+
+            if (strncmp(key_id, "ed25519:", 8) == 0
+                && mx_json_verify(signed_, server, key_id, key, NULL)
+                   == MX_OK)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
 }
 
 

@@ -173,6 +173,13 @@ mx_state_resolve(const mx_room_version_t *version,
     *out = NULL;
     *nout = 0;
 
+    /* auth rules of v1-v5 are not implemented: their checks would fail */
+    if (!version->supported || version->state_res == MX_STATE_RES_V1) {
+        mx_err_set(err, "room version %s: state resolution is not "
+                   "implemented", version->id);
+        return MX_ERROR;
+    }
+
     memset(&sr, 0, sizeof(mx_sr_t));
     memset(&sub, 0, sizeof(mx_sr_sub_t));
     memset(&list, 0, sizeof(mx_sr_vec_t));
@@ -424,9 +431,15 @@ mx_state_resolve(const mx_room_version_t *version,
 
     /*
      * Step 1.  X: the power events of the full conflicted set, and the
-     * events of their auth chains that are in the full conflicted set.
-     * The chains are walked whole: an event of the full set can lie
-     * below one that is not (a conflicted event every chain has).
+     * events of the full conflicted set their auth events lead to.
+     *
+     * The spec's words would walk the whole auth chains and keep what is
+     * in the full set; Synapse and ruma follow an auth event only while
+     * it is in the full set, and sort X by those direct edges alone.  In
+     * rooms up to v11 the two readings can resolve differently, and a
+     * resolution must agree with the servers already in the room, so this
+     * is the reading used.  (From v12 the conflicted state subgraph makes
+     * them the same.)
      */
 
     for (n = 0; n < sr.nnodes; n++) {
@@ -441,23 +454,43 @@ mx_state_resolve(const mx_room_version_t *version,
         goto done;
     }
 
-    for (i = 0; i < sub.nodes.n; i++) {
-        node = &sr.nodes[sub.nodes.a[i]];
+    sr.stack.n = 0;
 
-        if (node->flags & MX_SR_FULL) {
-            node->flags |= MX_SR_X;
+    for (n = 0; n < sr.nnodes; n++) {
+        if (sr.nodes[n].flags & MX_SR_POWER) {
+            sr.nodes[n].flags |= MX_SR_X;
+
+            if (mx_sr_vec_push(&sr, &sr.stack, n) != MX_OK) {
+                goto done;
+            }
         }
     }
 
-    /*
-     * The order of X follows the auth DAG, including where the path from
-     * one event of X to another passes outside X: those events join the
-     * sort, unseen (SORT without X).
-     */
+    while (sr.stack.n) {
+        n = sr.stack.a[--sr.stack.n];
 
-    if (mx_sr_ascend(&sr, &sub, MX_SR_X, MX_SR_SORT) != MX_OK
-        || mx_sr_power_sort(&sr, &sub, &list) != MX_OK)
-    {
+        for (k = 0; k < sr.nodes[n].nedges; k++) {
+            a = sr.edges[sr.nodes[n].edge + k];
+
+            if ((sr.nodes[a].flags & MX_SR_FULL)
+                && !(sr.nodes[a].flags & MX_SR_X))
+            {
+                sr.nodes[a].flags |= MX_SR_X;
+
+                if (mx_sr_vec_push(&sr, &sr.stack, a) != MX_OK) {
+                    goto done;
+                }
+            }
+        }
+    }
+
+    for (n = 0; n < sr.nnodes; n++) {
+        if (sr.nodes[n].flags & MX_SR_X) {
+            sr.nodes[n].flags |= MX_SR_SORT;
+        }
+    }
+
+    if (mx_sr_power_sort(&sr, &sub, &list) != MX_OK) {
         goto done;
     }
 

@@ -302,6 +302,18 @@ static const t_row_t  t_rows[] = {
       "['#1','#2'],'content':{}}",
       { CREATE, PL, M(BOB, "join"), JR("public"), M(CAROL, "join") } },
 
+    { "10,11=2.1", T_REFUSE,
+      "2.1 auth events: one event cited twice is two for one key",
+      "{'type':'m.room.message','sender':'" BOB "','auth_events':"
+      "['#0','#1','#2','#2'],'content':{}}",
+      { CREATE, PL, M(BOB, "join") } },
+
+    { "12=3.1", T_REFUSE,
+      "3.1 auth events (v12): one event cited twice is two for one key",
+      "{'type':'m.room.message','sender':'" BOB "','auth_events':"
+      "['#1','#2','#2'],'content':{}}",
+      { CREATE, PL, M(BOB, "join") } },
+
     { "12=3.2", T_REFUSE,
       "3.2 auth events (v12): the create event must not be cited",
       "{'type':'m.room.message','sender':'" BOB "','auth_events':"

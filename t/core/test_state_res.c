@@ -89,6 +89,8 @@ static void test_malicious_reset(tap_t *t, const char *version);
 static void test_topics(tap_t *t);
 static void test_topic_ties(tap_t *t, const char *version);
 static void test_join_rules(tap_t *t, const char *version);
+static void test_direct_auth_edges(tap_t *t, const char *version,
+    const char *expected);
 static void test_unconflicted(tap_t *t, const char *version);
 static void test_v21_empty_start(tap_t *t, const char *version);
 static void test_v21_subgraph(tap_t *t, const char *version);
@@ -113,6 +115,8 @@ main(void)
     test_topic_ties(&t, "12");
     test_join_rules(&t, "11");
     test_join_rules(&t, "12");
+    test_direct_auth_edges(&t, "11", "CREATE JR1 MA2 IMB IMC TB P1");
+    test_direct_auth_edges(&t, "12", "CREATE JR2 MA2 IMB IMC TB P1");
     test_unconflicted(&t, "11");
     test_unconflicted(&t, "12");
     test_v21_empty_start(&t, "11");
@@ -1074,6 +1078,41 @@ test_join_rules(tap_t *t, const char *version)
                    "join rules vs. join: the join is refused");
     dag_check_tips(&d, "ME JR LZ", "CREATE IMA IPOWER JR IMB IMC LZ",
                    "join rules vs. join vs. leave");
+
+    dag_free(&d);
+}
+
+
+/*
+ * Step 1 follows an auth event only while it is in the full conflicted
+ * set, as Synapse and ruma do: Alice's JR2 reaches Charlie's JR1 only
+ * through MA2, which is not conflicted, so in v11 the two join rules are
+ * ordered by power (Alice's first) and Charlie's public room wins.  In
+ * v12 the conflicted state subgraph brings MA2 in, and JR2 follows JR1.
+ */
+
+static void
+test_direct_auth_edges(tap_t *t, const char *version, const char *expected)
+{
+    dag_t  d;
+
+    dag_init(&d, t, version);
+    dag_base(&d);
+
+    dag_add(&d, "P1", "m.room.power_levels", "", ALICE,
+            "{\"users\":{\"" ALICE "\":100},"
+            "\"events\":{\"m.room.join_rules\":0}}", "IMZ", NULL, 0);
+    dag_add(&d, "JR1", "m.room.join_rules", "", CHARLIE,
+            "{\"join_rule\":\"public\"}", "P1", NULL, 0);
+    dag_add(&d, "MA2", "m.room.member", ALICE, ALICE,
+            "{\"membership\":\"join\",\"displayname\":\"A\"}", "JR1",
+            NULL, 0);
+    dag_add(&d, "JR2", "m.room.join_rules", "", ALICE,
+            "{\"join_rule\":\"invite\"}", "MA2", NULL, 0);
+    dag_add(&d, "TB", "m.room.member", ZARA, ZARA, LEAVE, "MA2", NULL, 0);
+
+    dag_check_tips(&d, "JR2 TB", expected,
+                   "auth edges through unconflicted events are not followed");
 
     dag_free(&d);
 }
