@@ -127,6 +127,8 @@ typedef struct {
 } mx_sr_item_t;
 
 
+static int mx_sr_grow(mx_sr_t *sr, void **a, size_t *cap, size_t n,
+    size_t size, size_t first, size_t max);
 static int mx_sr_vec_push(mx_sr_t *sr, mx_sr_vec_t *v, uint32_t x);
 static uint32_t mx_sr_hash(const char *a, const char *b);
 static int mx_sr_map_grow(mx_sr_t *sr, mx_sr_map_t *m);
@@ -539,23 +541,54 @@ done:
 }
 
 
+/*
+ * Makes room for n elements of size bytes in *a (capacity *cap),
+ * doubling from first; at most max elements, since indexes are uint32_t.
+ */
+
+static int
+mx_sr_grow(mx_sr_t *sr, void **a, size_t *cap, size_t n, size_t size,
+    size_t first, size_t max)
+{
+    void    *p;
+    size_t   c;
+
+    if (n <= *cap) {
+        return MX_OK;
+    }
+
+    c = *cap ? 2 * *cap : first;
+
+    while (c < n) {
+        c *= 2;
+    }
+
+    if (c > max) {
+        mx_err_set(sr->err, "too many events");
+        return MX_ERROR;
+    }
+
+    p = realloc(*a, c * size);
+    if (p == NULL) {
+        mx_err_set(sr->err, "out of memory");
+        return MX_ERROR;
+    }
+
+    *a = p;
+    *cap = c;
+
+    return MX_OK;
+}
+
+
 static int
 mx_sr_vec_push(mx_sr_t *sr, mx_sr_vec_t *v, uint32_t x)
 {
-    size_t     cap;
-    uint32_t  *a;
-
-    if (v->n == v->cap) {
-        cap = v->cap ? 2 * v->cap : 64;
-
-        a = realloc(v->a, cap * sizeof(uint32_t));
-        if (a == NULL) {
-            mx_err_set(sr->err, "out of memory");
-            return MX_ERROR;
-        }
-
-        v->a = a;
-        v->cap = cap;
+    if (mx_sr_grow(sr, (void **) &v->a, &v->cap, v->n + 1, sizeof(uint32_t),
+                   64, SIZE_MAX / sizeof(uint32_t))
+        != MX_OK)
+    {
+        return MX_ERROR;
     }
 
     v->a[v->n++] = x;
@@ -635,9 +668,9 @@ mx_sr_map_grow(mx_sr_t *sr, mx_sr_map_t *m)
 static int
 mx_sr_node(mx_sr_t *sr, const char *id, uint32_t *idx)
 {
-    size_t             s, cap;
+    size_t             s;
     uint32_t           h, v;
-    mx_sr_node_t      *nodes, *node;
+    mx_sr_node_t      *node;
     const mx_event_t  *ev;
 
     if (sr->ids.slots == NULL || 2 * (sr->ids.n + 1) > sr->ids.mask + 1) {
@@ -681,22 +714,11 @@ mx_sr_node(mx_sr_t *sr, const char *id, uint32_t *idx)
 
     sr->room_id = ev->room_id;
 
-    if (sr->nnodes == sr->nodes_cap) {
-        if (sr->nnodes >= MX_SR_NONE / 4) {
-            mx_err_set(sr->err, "too many events");
-            return MX_ERROR;
-        }
-
-        cap = sr->nodes_cap ? 2 * sr->nodes_cap : 256;
-
-        nodes = realloc(sr->nodes, cap * sizeof(mx_sr_node_t));
-        if (nodes == NULL) {
-            mx_err_set(sr->err, "out of memory");
-            return MX_ERROR;
-        }
-
-        sr->nodes = nodes;
-        sr->nodes_cap = cap;
+    if (mx_sr_grow(sr, (void **) &sr->nodes, &sr->nodes_cap, sr->nnodes + 1,
+                   sizeof(mx_sr_node_t), 256, MX_SR_NONE / 4)
+        != MX_OK)
+    {
+        return MX_ERROR;
     }
 
     node = &sr->nodes[sr->nnodes];
@@ -719,8 +741,8 @@ mx_sr_node(mx_sr_t *sr, const char *id, uint32_t *idx)
 static int
 mx_sr_expand(mx_sr_t *sr, uint32_t n)
 {
-    size_t       i, cnt, cap;
-    uint32_t     a, *edges;
+    size_t       i, cnt;
+    uint32_t     a;
     const char  *id;
     json_t      *auth;
 
@@ -731,26 +753,11 @@ mx_sr_expand(mx_sr_t *sr, uint32_t n)
     auth = sr->nodes[n].ev->auth_events;
     cnt = json_array_size(auth);
 
-    if (sr->nedges + cnt > sr->edges_cap) {
-        cap = sr->edges_cap ? 2 * sr->edges_cap : 1024;
-
-        while (cap < sr->nedges + cnt) {
-            cap *= 2;
-        }
-
-        if (cap >= MX_SR_NONE) {
-            mx_err_set(sr->err, "too many auth events");
-            return MX_ERROR;
-        }
-
-        edges = realloc(sr->edges, cap * sizeof(uint32_t));
-        if (edges == NULL) {
-            mx_err_set(sr->err, "out of memory");
-            return MX_ERROR;
-        }
-
-        sr->edges = edges;
-        sr->edges_cap = cap;
+    if (mx_sr_grow(sr, (void **) &sr->edges, &sr->edges_cap,
+                   sr->nedges + cnt, sizeof(uint32_t), 1024, MX_SR_NONE - 1)
+        != MX_OK)
+    {
+        return MX_ERROR;
     }
 
     /* reserved first: fetching the auth events below adds no edges */
@@ -786,9 +793,9 @@ static int
 mx_sr_key(mx_sr_t *sr, const char *type, const char *state_key, int insert,
     uint32_t *idx)
 {
-    size_t        s, cap;
+    size_t        s;
     uint32_t      h, v;
-    mx_sr_key_t  *keys, *key;
+    mx_sr_key_t  *key;
 
     if (sr->keymap.slots == NULL
         || 2 * (sr->keymap.n + 1) > sr->keymap.mask + 1)
@@ -817,22 +824,11 @@ mx_sr_key(mx_sr_t *sr, const char *type, const char *state_key, int insert,
         return MX_ERROR;
     }
 
-    if (sr->nkeys == sr->keys_cap) {
-        if (sr->nkeys >= MX_SR_NONE / 4) {
-            mx_err_set(sr->err, "too many state keys");
-            return MX_ERROR;
-        }
-
-        cap = sr->keys_cap ? 2 * sr->keys_cap : 256;
-
-        keys = realloc(sr->keys, cap * sizeof(mx_sr_key_t));
-        if (keys == NULL) {
-            mx_err_set(sr->err, "out of memory");
-            return MX_ERROR;
-        }
-
-        sr->keys = keys;
-        sr->keys_cap = cap;
+    if (mx_sr_grow(sr, (void **) &sr->keys, &sr->keys_cap, sr->nkeys + 1,
+                   sizeof(mx_sr_key_t), 256, MX_SR_NONE / 4)
+        != MX_OK)
+    {
+        return MX_ERROR;
     }
 
     key = &sr->keys[sr->nkeys];
