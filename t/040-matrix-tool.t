@@ -19,10 +19,10 @@ use File::Temp qw(tempdir);
 use IPC::Run qw(run timeout);
 use JSON::PP ();
 
+use MatrixTest qw(write_file tool python visible);
+
 plan skip_all => 'MATRIX_TOOL is not set' unless $ENV{MATRIX_TOOL};
 
-my $TOOL = $ENV{MATRIX_TOOL};
-my $PYTHON = '/usr/bin/python3';
 
 # the key of the spec's signing examples
 my $SPEC_SEED = 'YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1';
@@ -37,42 +37,9 @@ my $dir = tempdir('matrix-tool-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 $SIG{PIPE} = 'IGNORE';
 
 
-# Runs matrix-tool; returns (exit status or "signal N", stdout, stderr).
-# stdin comes from a file, not a pipe: on a usage error the tool exits
-# without reading it, and IPC::Run dies on the broken pipe.
-my $stdin_file = "$dir/stdin";
 
-sub tool {
-    my ($args, $in) = @_;
-    my ($out, $err) = ('', '');
 
-    write_file($stdin_file, $in // '');
-    run [$TOOL, @$args], '<', $stdin_file, '>', \$out, '2>', \$err,
-        timeout(30);
 
-    return ($? & 127 ? 'signal ' . ($? & 127) : $? >> 8, $out, $err);
-}
-
-# runs an inline python script with /usr/bin/python3
-sub python {
-    my ($script, $in, @args) = @_;
-    my ($out, $err) = ('', '');
-
-    run [$PYTHON, '-c', $script, @args], \$in, \$out, \$err, timeout(60);
-
-    return ($? >> 8, $out, $err);
-}
-
-sub write_file {
-    my ($path, $content) = @_;
-
-    open my $fh, '>:raw', $path or die "$path: $!";
-    print $fh $content;
-    close $fh or die "$path: $!";
-    chmod 0600, $path;
-
-    return $path;
-}
 
 sub read_file {
     my ($path) = @_;
@@ -85,15 +52,6 @@ sub read_file {
     return $content;
 }
 
-# bytes made readable for diagnostics: non-printable ASCII as \xNN
-sub visible {
-    my ($s) = @_;
-
-    return undef unless defined $s;
-    $s =~ s/([^\x20-\x7e])/sprintf('\\x%02x', ord $1)/ge;
-
-    return $s;
-}
 
 # "canonical" on $in must print exactly $want
 sub canonical_is {

@@ -20,10 +20,10 @@ use File::Temp qw(tempdir);
 use IPC::Run qw(run timeout);
 use JSON::PP ();
 
+use MatrixTest qw(write_file tool python visible);
+
 plan skip_all => 'MATRIX_TOOL is not set' unless $ENV{MATRIX_TOOL};
 
-my $TOOL = $ENV{MATRIX_TOOL};
-my $PYTHON = '/usr/bin/python3';
 
 # seeds of the three servers' keys: C signs as c.example, Python as
 # py.example, and as auth.example for restricted joins it authorises
@@ -40,49 +40,10 @@ $SIG{PIPE} = 'IGNORE';
 my $JSON = JSON::PP->new->utf8->canonical;
 
 
-sub write_file {
-    my ($path, $content) = @_;
 
-    open my $fh, '>:raw', $path or die "$path: $!";
-    print $fh $content;
-    close $fh or die "$path: $!";
-    chmod 0600, $path;
 
-    return $path;
-}
 
-# Runs matrix-tool; returns (exit status or "signal N", stdout, stderr).
-my $stdin_file = "$dir/stdin";
 
-sub tool {
-    my ($args, $in) = @_;
-    my ($out, $err) = ('', '');
-
-    write_file($stdin_file, $in // '');
-    run [$TOOL, @$args], '<', $stdin_file, '>', \$out, '2>', \$err,
-        timeout(30);
-
-    return ($? & 127 ? 'signal ' . ($? & 127) : $? >> 8, $out, $err);
-}
-
-# runs an inline python script with /usr/bin/python3
-sub python {
-    my ($script, $in, @args) = @_;
-    my ($out, $err) = ('', '');
-
-    run [$PYTHON, '-c', $script, @args], \$in, \$out, \$err, timeout(120);
-
-    return ($? >> 8, $out, $err);
-}
-
-sub visible {
-    my ($s) = @_;
-
-    return undef unless defined $s;
-    $s =~ s/([^\x20-\x7e])/sprintf('\\x%02x', ord $1)/ge;
-
-    return $s;
-}
 
 
 # ---------------------------------------------------------------- python

@@ -7,23 +7,67 @@ package MatrixTest;
 use strict;
 use warnings;
 
+use Exporter 'import';
 use File::Temp qw(tempdir);
+use IPC::Run qw(run timeout);
+
+our @EXPORT_OK = qw(write_file tool python visible);
 
 our $SPEC_SEED = 'YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1';
 our $SPEC_PUBLIC_KEY = 'XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI';
 
 my $dir = tempdir('matrix-test-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
-sub key_file {
-    my ($name, $content, $mode) = @_;
-    my $path = "$dir/$name";
+sub write_file {
+    my ($path, $content, $mode) = @_;
 
-    open my $fh, '>', $path or die "$path: $!";
+    open my $fh, '>:raw', $path or die "$path: $!";
     print $fh $content;
-    close $fh;
+    close $fh or die "$path: $!";
     chmod $mode // 0600, $path;
 
     return $path;
+}
+
+sub key_file {
+    my ($name, $content, $mode) = @_;
+
+    return write_file("$dir/$name", $content, $mode);
+}
+
+# Runs $MATRIX_TOOL; returns (exit status or "signal N", stdout, stderr).
+# stdin comes from a file, not a pipe: on a usage error the tool exits
+# without reading it, and IPC::Run dies on the broken pipe.
+sub tool {
+    my ($args, $in) = @_;
+    my ($out, $err) = ('', '');
+    my $stdin = write_file("$dir/stdin", $in // '');
+
+    run [$ENV{MATRIX_TOOL}, @$args], '<', $stdin, '>', \$out, '2>', \$err,
+        timeout(30);
+
+    return ($? & 127 ? 'signal ' . ($? & 127) : $? >> 8, $out, $err);
+}
+
+# runs an inline script with Debian's /usr/bin/python3 (its signedjson)
+sub python {
+    my ($script, $in, @args) = @_;
+    my ($out, $err) = ('', '');
+
+    run ['/usr/bin/python3', '-c', $script, @args], \$in, \$out, \$err,
+        timeout(120);
+
+    return ($? >> 8, $out, $err);
+}
+
+# bytes made readable for diagnostics: non-printable ASCII as \xNN
+sub visible {
+    my ($s) = @_;
+
+    return undef unless defined $s;
+    $s =~ s/([^\x20-\x7e])/sprintf('\\x%02x', ord $1)/ge;
+
+    return $s;
 }
 
 # the key of the spec's signing examples: "ed25519:1", public key above
