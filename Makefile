@@ -18,17 +18,20 @@ CFLAGS      ?= -O2 -g
 MX_CFLAGS   := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror \
                -Isrc/core $(CFLAGS)
 MX_LIBS     := -ljansson -lsodium
+PQ_INCDIR   := $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 
 CORE_SRCS   := $(wildcard src/core/*.c)
 CORE_HDRS   := $(wildcard src/core/*.h)
 CORE_OBJS   := $(CORE_SRCS:src/core/%.c=$(BUILD)/core/%.o)
+SQL_FILES   := $(wildcard sql/[0-9]*.sql)
 MODULE_SRCS := config $(wildcard src/*.c src/*.h) $(CORE_SRCS) $(CORE_HDRS)
 
 DEB_PACKAGES := build-essential nginx nginx-dev libjansson-dev libsodium-dev \
                 libssl-dev libpq-dev libpcre3-dev zlib1g-dev \
                 libtest-base-perl libtext-diff-perl liburi-perl libwww-perl \
                 libipc-run-perl python3-signedjson python3-canonicaljson \
-                wrk curl openssl
+                python3-aiohttp python3-asyncpg python3-markdown python3-bleach \
+                wrk curl openssl postgresql
 
 .PHONY: all module tool deps test demo bench clean
 
@@ -45,7 +48,9 @@ NGX_SRC_STAMP := $(BUILD)/.nginx-src
 $(shell mkdir -p $(BUILD); [ "$$(cat $(NGX_SRC_STAMP) 2>/dev/null)" = "$(NGINX_SRC)" ] \
     || echo "$(NGINX_SRC)" > $(NGX_SRC_STAMP))
 
-$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config $(NGX_SRC_STAMP)
+# configure compiles sql/ into the module: a new migration reconfigures
+$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config $(NGX_SRC_STAMP) \
+        src/gen-migrations.sh $(SQL_FILES)
 	@test -d $(NGINX_SRC)/auto || { echo "no nginx source at $(NGINX_SRC): run 'make deps' or set NGINX_SRC" >&2; exit 1; }
 	rm -rf $(NGX_BUILD) && mkdir -p $(NGX_BUILD)
 	cp -a $(NGINX_SRC)/. $(NGX_BUILD)/
@@ -66,8 +71,14 @@ $(BUILD)/core/%.o: src/core/%.c $(CORE_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(MX_CFLAGS) -c -o $@ $<
 
-$(BUILD)/matrix-tool: src/tool/matrix-tool.c $(CORE_OBJS)
-	$(CC) $(MX_CFLAGS) -o $@ $< $(CORE_OBJS) $(MX_LIBS)
+$(BUILD)/gen/matrix_migrations.h: src/gen-migrations.sh $(SQL_FILES)
+	@mkdir -p $(dir $@)
+	sh src/gen-migrations.sh $@ $(SQL_FILES)
+
+$(BUILD)/matrix-tool: src/tool/matrix-tool.c $(CORE_OBJS) \
+        $(BUILD)/gen/matrix_migrations.h
+	$(CC) $(MX_CFLAGS) -I$(BUILD)/gen -I$(PQ_INCDIR) -o $@ $< $(CORE_OBJS) \
+	    $(MX_LIBS) -lpq
 
 # one TAP program per t/core/test_<part>.c, run by t/core-<part>.t
 CORE_TESTS  := $(patsubst t/core/%.c,$(BUILD)/%,$(wildcard t/core/test_*.c))

@@ -10,6 +10,7 @@
 #include "ngx_http_matrix_module.h"
 #include "ngx_http_matrix_router.h"
 #include "ngx_http_matrix_keys.h"
+#include "ngx_http_matrix_pg.h"
 
 #include <mx_ids.h>
 
@@ -24,12 +25,20 @@ static char *ngx_http_matrix_well_known_server(ngx_conf_t *cf,
 static char *ngx_http_matrix_well_known_client(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 
+static char *ngx_http_matrix_silo_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_schema_name(ngx_conf_t *cf, void *post,
+    void *data);
+
 static char *ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post,
     void *data);
 
 static ngx_int_t ngx_http_matrix_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_matrix_init_process(ngx_cycle_t *cycle);
+static void ngx_http_matrix_exit_process(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_matrix_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_matrix_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_matrix_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_matrix_create_srv_conf(ngx_conf_t *cf);
 static char *ngx_http_matrix_merge_srv_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -40,6 +49,8 @@ static char *ngx_http_matrix_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
 static ngx_conf_post_handler_pt  ngx_http_matrix_key_validity_p =
     ngx_http_matrix_key_validity;
+static ngx_conf_post_handler_pt  ngx_http_matrix_schema_name_p =
+    ngx_http_matrix_schema_name;
 
 
 static ngx_command_t  ngx_http_matrix_commands[] = {
@@ -93,6 +104,41 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
       offsetof(ngx_http_matrix_srv_conf_t, well_known_client),
       NULL },
 
+    { ngx_string("matrix_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_matrix_pg_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_schema"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_main_conf_t, schema),
+      &ngx_http_matrix_schema_name_p },
+
+    { ngx_string("matrix_silo_schema"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_main_conf_t, silo_schema),
+      &ngx_http_matrix_schema_name_p },
+
+    { ngx_string("matrix_migrate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_main_conf_t, migrate),
+      NULL },
+
+    { ngx_string("matrix_silo_api"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_matrix_silo_api,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -102,7 +148,7 @@ static ngx_http_module_t  ngx_http_matrix_module_ctx = {
     ngx_http_matrix_postconfiguration,     /* postconfiguration */
 
     ngx_http_matrix_create_main_conf,      /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_matrix_init_main_conf,        /* init main configuration */
 
     ngx_http_matrix_create_srv_conf,       /* create server configuration */
     ngx_http_matrix_merge_srv_conf,        /* merge server configuration */
@@ -119,10 +165,10 @@ ngx_module_t  ngx_http_matrix_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     ngx_http_matrix_init_module,           /* init module */
-    NULL,                                  /* init process */
+    ngx_http_matrix_init_process,          /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_matrix_exit_process,          /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -251,6 +297,138 @@ ngx_http_matrix_well_known_client(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/*
+ * matrix_silo_api URL [token_file=FILE]: where the silo's internal API
+ * is; the token, sent as a bearer token, is read now so that a missing
+ * file fails "nginx -t".
+ */
+
+static char *
+ngx_http_matrix_silo_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_main_conf_t *mmcf = conf;
+
+    u_char     *p, *last;
+    ssize_t     n;
+    ngx_str_t  *value, file;
+    ngx_url_t  *u;
+    ngx_file_t  f;
+    u_char      buf[1024];
+
+    if (mmcf->silo_api) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "http://", 7) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid URL \"%V\", expected "
+                           "\"http://host[:port][/path/]\"",
+                           &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    u = ngx_pcalloc(cf->pool, sizeof(ngx_url_t));
+    if (u == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    u->url.data = value[1].data + 7;
+    u->url.len = value[1].len - 7;
+    u->default_port = 80;
+    u->uri_part = 1;
+
+    if (ngx_parse_url(cf->pool, u) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: invalid URL \"%V\"%s%s",
+                           &cmd->name, &value[1], u->err ? ": " : "",
+                           u->err ? u->err : "");
+        return NGX_CONF_ERROR;
+    }
+
+    mmcf->silo_api = u;
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[2].data, "token_file=", 11) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid parameter \"%V\"", &cmd->name,
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    file.data = value[2].data + 11;
+    file.len = value[2].len - 11;
+
+    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&f, sizeof(ngx_file_t));
+    f.name = file;
+    f.log = cf->log;
+
+    f.fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (f.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "%V: cannot open token file \"%V\"",
+                           &cmd->name, &file);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_file(&f, buf, sizeof(buf), 0);
+    ngx_close_file(f.fd);
+
+    if (n == NGX_ERROR) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = buf;
+    last = buf + n;
+
+    while (last > p && (last[-1] == '\n' || last[-1] == '\r'
+                        || last[-1] == ' '))
+    {
+        last--;
+    }
+
+    if (last == p || (size_t) n == sizeof(buf)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: token file \"%V\" is empty or too long",
+                           &cmd->name, &file);
+        return NGX_CONF_ERROR;
+    }
+
+    mmcf->silo_api_token.len = last - p;
+    mmcf->silo_api_token.data = ngx_pstrdup(cf->pool,
+                                            &(ngx_str_t) { last - p, p });
+    if (mmcf->silo_api_token.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* Postgres identifiers: at most 63 bytes, no NUL; quoting does the rest */
+
+static char *
+ngx_http_matrix_schema_name(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *name = data;
+
+    if (name->len == 0 || name->len > 63
+        || ngx_strlchr(name->data, name->data + name->len, '\0'))
+    {
+        return "needs a schema name of 1 to 63 bytes";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post, void *data)
 {
@@ -294,6 +472,34 @@ ngx_http_matrix_init_module(ngx_cycle_t *cycle)
 
 
 static ngx_int_t
+ngx_http_matrix_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf == NULL || mmcf->pg == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_matrix_pg_init_process(cycle, mmcf->pg);
+}
+
+
+static void
+ngx_http_matrix_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf && mmcf->pg) {
+        ngx_http_matrix_pg_exit_process(mmcf->pg);
+    }
+}
+
+
+static ngx_int_t
 ngx_http_matrix_postconfiguration(ngx_conf_t *cf)
 {
     ngx_http_matrix_main_conf_t  *mmcf;
@@ -322,9 +528,40 @@ ngx_http_matrix_create_main_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     mmcf->routes = NULL;
+     *     mmcf->pg = NULL;
+     *     mmcf->schema = { 0, NULL };
+     *     mmcf->silo_schema = { 0, NULL };
+     *     mmcf->silo_api = NULL;
+     *     mmcf->silo_api_token = { 0, NULL };
      */
 
+    mmcf->migrate = NGX_CONF_UNSET;
+
     return mmcf;
+}
+
+
+static char *
+ngx_http_matrix_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_matrix_main_conf_t *mmcf = conf;
+
+    if (mmcf->schema.data == NULL) {
+        ngx_str_set(&mmcf->schema, "matrix");
+    }
+
+    if (mmcf->silo_schema.data == NULL) {
+        ngx_str_set(&mmcf->silo_schema, "matrix_silo");
+    }
+
+    ngx_conf_init_value(mmcf->migrate, 1);
+
+    if (mmcf->pg == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    return ngx_http_matrix_pg_init_conf(cf, mmcf->pg, &mmcf->schema,
+                                        &mmcf->silo_schema, mmcf->migrate);
 }
 
 

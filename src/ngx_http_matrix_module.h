@@ -24,6 +24,7 @@
 typedef struct ngx_http_matrix_route_s       ngx_http_matrix_route_t;
 typedef struct ngx_http_matrix_route_node_s  ngx_http_matrix_route_node_t;
 typedef struct ngx_http_matrix_key_doc_s     ngx_http_matrix_key_doc_t;
+typedef struct ngx_http_matrix_pg_s          ngx_http_matrix_pg_t;
 
 
 typedef struct {
@@ -35,6 +36,14 @@ typedef struct {
 
 typedef struct {
     ngx_http_matrix_route_node_t   *routes;
+
+    ngx_http_matrix_pg_t           *pg;             /* "matrix_postgres" */
+    ngx_str_t                       schema;         /* the module's own */
+    ngx_str_t                       silo_schema;    /* the silo's views */
+    ngx_flag_t                      migrate;
+
+    ngx_url_t                      *silo_api;       /* "matrix_silo_api" */
+    ngx_str_t                       silo_api_token;
 } ngx_http_matrix_main_conf_t;
 
 
@@ -70,6 +79,8 @@ typedef struct {
     const ngx_http_matrix_route_t  *route;
     ngx_str_t                       params[NGX_HTTP_MATRIX_MAX_SEGMENTS];
     ngx_uint_t                      nparams;   /* percent-decoded, in order */
+    ngx_uint_t                      field;     /* the part of a resource a
+                                                  route asks for */
 
     ngx_buf_t                      *error_body;   /* instead of nginx's page */
     unsigned                        replied:1;    /* the body is ours */

@@ -44,6 +44,7 @@ static ngx_int_t ngx_http_matrix_set_allow(ngx_http_request_t *r,
 static ngx_http_matrix_route_t  *ngx_http_matrix_route_tables[] = {
     ngx_http_matrix_keys_routes,
     ngx_http_matrix_discovery_routes,
+    ngx_http_matrix_profile_routes,
     NULL
 };
 

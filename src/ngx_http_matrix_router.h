@@ -32,6 +32,7 @@ ngx_int_t ngx_http_matrix_route_request(ngx_http_request_t *r);
 /* route tables of the endpoint files */
 extern ngx_http_matrix_route_t  ngx_http_matrix_keys_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_discovery_routes[];
+extern ngx_http_matrix_route_t  ngx_http_matrix_profile_routes[];
 
 
 #endif /* _NGX_HTTP_MATRIX_ROUTER_H_INCLUDED_ */

@@ -1,0 +1,202 @@
+package MatrixPg;
+
+# A throwaway PostgreSQL cluster for one test file: initdb into a private
+# temporary directory, a unix socket only (no TCP), trust authentication,
+# durability off.  The first cluster of a run is initdb'd into
+# $MATRIX_BUILD_DIR/pg-template and copied from there afterwards, which
+# takes a tenth of the time.  As root the server runs as "postgres" (or
+# "nobody"): initdb and postgres refuse to run as root.
+#
+#   my $pg = MatrixPg->start;
+#   $ENV{TEST_NGINX_PG} = $pg->conninfo;     # "host=/tmp/... dbname=..."
+#   $pg->psql('select 1');                   # dies on an SQL error
+#   $pg->stop; $pg->start_again;             # the same cluster and data
+
+use strict;
+use warnings;
+
+use File::Temp qw(tempdir);
+use File::Path qw(remove_tree);
+use IPC::Run qw(run timeout);
+use POSIX qw(getuid);
+
+my @BINDIRS = reverse sort glob('/usr/lib/postgresql/*/bin');
+
+sub bindir {
+    return $ENV{PG_BINDIR} if $ENV{PG_BINDIR};
+
+    for my $d (@BINDIRS) {
+        return $d if -x "$d/initdb" && -x "$d/postgres";
+    }
+
+    die "MatrixPg: no PostgreSQL server (Debian: apt-get install postgresql)\n";
+}
+
+sub available {
+    return eval { bindir(); 1 };
+}
+
+# as root, the user the server runs as
+sub _server_user {
+    return undef if getuid() != 0;
+
+    for my $u (qw(postgres nobody)) {
+        return $u if defined getpwnam($u);
+    }
+
+    die "MatrixPg: no unprivileged user to run postgres as\n";
+}
+
+sub _as_server {
+    my ($self, @cmd) = @_;
+
+    return @cmd unless $self->{user};
+    return ('runuser', '-u', $self->{user}, '--', @cmd);
+}
+
+sub _run {
+    my ($self, $cmd, %o) = @_;
+    my ($out, $err) = ('', '');
+
+    my $ok = run [$self->_as_server(@$cmd)], '<', \($o{in} // ''),
+        '>', \$out, '2>', \$err, timeout($o{timeout} // 120);
+
+    die "MatrixPg: @$cmd: $err$out" unless $ok || $o{may_fail};
+
+    return wantarray ? ($ok, $out, $err) : $out;
+}
+
+sub _chown {
+    my ($self, @paths) = @_;
+
+    return unless $self->{user};
+
+    my (undef, undef, $uid, $gid) = getpwnam($self->{user});
+    system('chown', '-R', "$uid:$gid", @paths) == 0 or die "chown failed";
+}
+
+sub _template {
+    my ($self) = @_;
+    my $build = $ENV{MATRIX_BUILD_DIR};
+
+    return undef unless $build && -d $build;
+
+    my $tpl = "$build/pg-template";
+    return $tpl if -f "$tpl/PG_VERSION";
+
+    my $tmp = "$tpl.$$";
+    remove_tree($tmp);
+    mkdir $tmp, 0700 or die "$tmp: $!";
+    $self->_chown($tmp);
+    $self->_initdb($tmp);
+    rename $tmp, $tpl or die "rename $tmp: $!";
+
+    return $tpl;
+}
+
+sub _initdb {
+    my ($self, $data) = @_;
+
+    $self->_run([bindir() . '/initdb', '-D', $data, '-U', 'postgres',
+                 '--auth=trust', '-E', 'UTF8', '--locale=C.UTF-8',
+                 '--no-sync']);
+}
+
+sub start {
+    my ($class, %opt) = @_;
+
+    my $self = bless { user => _server_user(), pid_owner => $$, %opt },
+        $class;
+
+    # a short path: unix socket paths are limited to 107 bytes
+    $self->{dir} = tempdir('mxpg-XXXXXX', TMPDIR => 1);
+    chmod 0755, $self->{dir};
+    $self->{data} = "$self->{dir}/data";
+    $self->_chown($self->{dir});
+
+    my $tpl = $self->_template;
+    if ($tpl) {
+        system('cp', '-a', $tpl, $self->{data}) == 0 or die "cp $tpl";
+        $self->_chown($self->{data});
+
+    } else {
+        mkdir $self->{data}, 0700 or die "$self->{data}: $!";
+        $self->_chown($self->{data});
+        $self->_initdb($self->{data});
+    }
+
+    my $conf = "$self->{data}/postgresql.conf";
+    open my $fh, '>>', $conf or die "$conf: $!";
+    print $fh <<"EOF";
+listen_addresses = ''
+unix_socket_directories = '$self->{dir}'
+unix_socket_permissions = 0777
+max_connections = @{[ $opt{max_connections} // 200 ]}
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 32MB
+log_min_messages = warning
+EOF
+    close $fh;
+
+    $self->start_again;
+    $self->psql('CREATE DATABASE matrix', db => 'postgres')
+        unless $opt{no_database};
+
+    return $self;
+}
+
+sub start_again {
+    my ($self) = @_;
+
+    $self->_run([bindir() . '/pg_ctl', '-D', $self->{data}, '-w', '-t', '60',
+                 '-l', "$self->{dir}/server.log", '-o', '-c fsync=off',
+                 'start']);
+    $self->{running} = 1;
+}
+
+sub stop {
+    my ($self, $mode) = @_;
+
+    $self->_run([bindir() . '/pg_ctl', '-D', $self->{data}, '-w',
+                 '-m', $mode // 'fast', 'stop'], may_fail => 1);
+    $self->{running} = 0;
+}
+
+sub host { $_[0]{dir} }
+
+sub conninfo {
+    my ($self, $db) = @_;
+
+    return "host=$self->{dir} dbname=" . ($db // 'matrix') . " user=postgres";
+}
+
+# Runs SQL through psql; returns its unaligned, tuples-only output.
+sub psql {
+    my ($self, $sql, %o) = @_;
+
+    my ($ok, $out, $err) = $self->_run(
+        ['psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+         '-h', $self->{dir}, '-U', 'postgres', '-d', $o{db} // 'matrix'],
+        in => $sql, may_fail => 1, timeout => $o{timeout});
+
+    die "psql: $err" unless $ok || $o{may_fail};
+    chomp $out;
+
+    return wantarray ? ($ok, $out, $err) : $out;
+}
+
+sub log_file { "$_[0]{dir}/server.log" }
+
+sub DESTROY {
+    my ($self) = @_;
+
+    return unless $self->{dir};
+    return if $self->{pid_owner} && $self->{pid_owner} != $$;
+
+    $self->stop('immediate') if $self->{running};
+    remove_tree($self->{dir}) unless $ENV{MATRIX_KEEP_PG};
+}
+
+1;
