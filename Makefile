@@ -49,23 +49,29 @@ $(shell mkdir -p $(BUILD); [ "$$(cat $(NGX_SRC_STAMP) 2>/dev/null)" = "$(NGINX_S
     || echo "$(NGINX_SRC)" > $(NGX_SRC_STAMP))
 
 # configure compiles sql/ into the module: a new migration reconfigures
-$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config $(NGX_SRC_STAMP) \
+$(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config t/pgtest/config \
+        $(NGX_SRC_STAMP) \
         src/gen-migrations.sh $(SQL_FILES)
 	@test -d $(NGINX_SRC)/auto || { echo "no nginx source at $(NGINX_SRC): run 'make deps' or set NGINX_SRC" >&2; exit 1; }
 	rm -rf $(NGX_BUILD) && mkdir -p $(NGX_BUILD)
 	cp -a $(NGINX_SRC)/. $(NGX_BUILD)/
 	cd $(NGX_BUILD) && if [ -f conf_flags ]; then \
 	    . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
-	        --add-dynamic-module=$(CURDIR); \
+	        --add-dynamic-module=$(CURDIR) \
+	        --add-dynamic-module=$(CURDIR)/t/pgtest; \
 	else \
 	    ./configure --with-compat --with-http_ssl_module \
-	        --add-dynamic-module=$(CURDIR); \
+	        --add-dynamic-module=$(CURDIR) \
+	        --add-dynamic-module=$(CURDIR)/t/pgtest; \
 	fi >configure.log 2>&1 || { tail -20 configure.log; exit 1; }
 	touch $@
 
-$(BUILD)/ngx_http_matrix_module.so: $(NGX_BUILD)/.configured $(MODULE_SRCS)
+# the test-only module (t/pgtest) comes along; it is never installed
+$(BUILD)/ngx_http_matrix_module.so: $(NGX_BUILD)/.configured $(MODULE_SRCS) \
+        $(wildcard t/pgtest/*.c)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
 	cp $(NGX_BUILD)/objs/ngx_http_matrix_module.so $@
+	cp $(NGX_BUILD)/objs/ngx_http_matrix_pgtest_module.so $(BUILD)/
 
 $(BUILD)/core/%.o: src/core/%.c $(CORE_HDRS)
 	@mkdir -p $(dir $@)
@@ -101,6 +107,7 @@ test: deps all $(CORE_TESTS)
 	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-/usr/sbin/nginx} \
 	TEST_NGINX_LOAD_MODULES=$(CURDIR)/$(BUILD)/ngx_http_matrix_module.so \
 	MATRIX_TOOL=$(CURDIR)/$(BUILD)/matrix-tool \
+	MATRIX_PGTEST_MODULE=$(CURDIR)/$(BUILD)/ngx_http_matrix_pgtest_module.so \
 	prove -I t/runner -I t/lib -r t/
 
 demo: deps all

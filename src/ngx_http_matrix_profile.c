@@ -123,6 +123,13 @@ ngx_http_matrix_profile_lookup(ngx_http_request_t *r,
                                           "are not served here");
     }
 
+    /* the silo's users have today's localparts: nothing else to look up */
+
+    if (!mx_user_localpart_valid((char *) localpart.data, localpart.len)) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND", "Profile not found");
+    }
+
     pg = ngx_http_matrix_pg_for_request(r);
     if (pg == NULL) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,

@@ -126,6 +126,33 @@ mx_id_valid(const char *id, size_t len, char sigil, int need_server,
 }
 
 
+int
+mx_user_localpart_valid(const char *localpart, size_t len)
+{
+    size_t         i;
+    unsigned char  c;
+
+    if (len == 0 || len > 255) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        c = (unsigned char) localpart[i];
+
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+            || c == '-' || c == '.' || c == '=' || c == '_' || c == '/'
+            || c == '+')
+        {
+            continue;
+        }
+
+        return 0;
+    }
+
+    return 1;
+}
+
+
 static int
 mx_is_digit(unsigned char c)
 {

@@ -25,5 +25,12 @@ int mx_server_name_valid(const char *name, size_t len, const char **why);
 int mx_id_valid(const char *id, size_t len, char sigil, int need_server,
     const char **why);
 
+/*
+ * A localpart as user IDs are issued today (appendices, "User
+ * Identifiers"): 1*(a-z / 0-9 / - . = _ / +).  Other servers' users may
+ * still have historical ones; the users of this server may not.
+ */
+int mx_user_localpart_valid(const char *localpart, size_t len);
+
 
 #endif /* MX_IDS_H */

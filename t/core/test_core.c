@@ -15,6 +15,7 @@
 #include <sodium.h>
 
 #include "mx_core.h"
+#include "mx_ids.h"
 
 
 #define MX_TEST_SHOW   48
@@ -76,6 +77,7 @@ static void test_json_strings(mx_tap_t *t);
 static void test_json_depth(mx_tap_t *t);
 static void test_keys(mx_tap_t *t);
 static void test_sign(mx_tap_t *t, const mx_test_key_t *tk);
+static void test_user_localparts(mx_tap_t *t);
 
 
 int
@@ -126,6 +128,7 @@ main(int argc, char **argv)
     test_json_depth(&t);
     test_keys(&t);
     test_sign(&t, &tk);
+    test_user_localparts(&t);
 
     json_decref(vec);
 
@@ -1301,4 +1304,41 @@ vec_str(const json_t *o, const char *key, size_t *len)
     *len = json_string_length(s);
 
     return json_string_value(s);
+}
+
+
+/* identifiers: localparts as this server issues them */
+
+static void
+test_user_localparts(mx_tap_t *t)
+{
+    size_t  i;
+    char    long_one[257];
+
+    static const char  *good[] = {
+        "alice", "a", "0", "alice-42", "a.b=c_d/e+f", "u123456"
+    };
+    static const char  *bad[] = {
+        "", "Alice", "al ice", "al:ice", "';DROP", "\xc3\xa9", "a*b", "a@b",
+        "a\tb", "a#b"
+    };
+
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        tap_ok(t, mx_user_localpart_valid(good[i], strlen(good[i])),
+               "localpart \"%s\" is issued today", good[i]);
+    }
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        tap_ok(t, !mx_user_localpart_valid(bad[i], strlen(bad[i])),
+               "localpart \"%s\" is not", bad[i]);
+    }
+
+    tap_ok(t, !mx_user_localpart_valid("a\0b", 3), "no NUL in a localpart");
+
+    memset(long_one, 'a', sizeof(long_one) - 1);
+    long_one[256] = '\0';
+    tap_ok(t, !mx_user_localpart_valid(long_one, 256),
+           "no localpart of 256 bytes");
+    tap_ok(t, mx_user_localpart_valid(long_one, 255),
+           "one of 255 is the limit of the function, not of user IDs");
 }

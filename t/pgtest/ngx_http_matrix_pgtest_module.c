@@ -1,0 +1,624 @@
+/*
+ * Test-only: ngx_http_matrix_module's Postgres pool, driven by requests
+ * and timers, so that the tests can reach every part of its interface.
+ * Loaded after ngx_http_matrix_module, whose symbols it uses.
+ *
+ *   location /sql { matrix_pgtest; }
+ *       ?sql=..&sql2=..&sql3=..&sql4=..   statements, in order
+ *       &p1=..&p2=..                      parameters of each
+ *       &stmt=sleep|echo                  a prepared statement instead
+ *       &tx=1                             all on one leased connection
+ *       &leave=1                          finish without releasing it
+ *       &timeout=MS                       per statement
+ *   matrix_pgtest_listen CHANNEL;         (http) notifications are kept
+ *   location /notes { matrix_pgtest_notifications; }
+ *   matrix_pgtest_timer 200ms "SQL";      (http) with no request at all
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_matrix_module.h"
+#include "ngx_http_matrix_pg.h"
+
+
+typedef struct {
+    ngx_array_t                  *channels;    /* char * */
+    ngx_msec_t                    timer_interval;
+    ngx_str_t                     timer_sql;
+
+    /* per worker */
+    ngx_array_t                   notes;       /* ngx_str_t */
+    ngx_event_t                   timer;
+    ngx_http_matrix_pg_query_t   *timer_q;
+    ngx_pool_t                   *pool;
+    ngx_uint_t                    timer_runs;
+} ngx_http_matrix_pgtest_main_conf_t;
+
+
+typedef struct {
+    ngx_http_request_t           *r;
+    ngx_http_matrix_pg_query_t   *q;
+    ngx_str_t                     sql[4];
+    ngx_str_t                     params[2];
+    ngx_uint_t                    nsql;
+    ngx_uint_t                    nparams;
+    ngx_uint_t                    next;
+    ngx_uint_t                    tx;
+    ngx_uint_t                    leave;
+    ngx_uint_t                    stmt;        /* 0, 1 sleep, 2 echo */
+    ngx_msec_t                    timeout;
+    ngx_buf_t                    *out;
+} ngx_http_matrix_pgtest_ctx_t;
+
+
+static char *ngx_http_matrix_pgtest(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_pgtest_notifications(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_matrix_pgtest_listen(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_pgtest_timer(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static void *ngx_http_matrix_pgtest_create_main_conf(ngx_conf_t *cf);
+static ngx_int_t ngx_http_matrix_pgtest_init_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_matrix_pgtest_commands[] = {
+
+    { ngx_string("matrix_pgtest"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_pgtest,
+      0, 0, NULL },
+
+    { ngx_string("matrix_pgtest_notifications"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_pgtest_notifications,
+      0, 0, NULL },
+
+    { ngx_string("matrix_pgtest_listen"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_pgtest_listen,
+      NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+
+    { ngx_string("matrix_pgtest_timer"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_matrix_pgtest_timer,
+      NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_matrix_pgtest_module_ctx = {
+    NULL, NULL,
+    ngx_http_matrix_pgtest_create_main_conf, NULL,
+    NULL, NULL,
+    NULL, NULL
+};
+
+
+ngx_module_t  ngx_http_matrix_pgtest_module = {
+    NGX_MODULE_V1,
+    &ngx_http_matrix_pgtest_module_ctx,
+    ngx_http_matrix_pgtest_commands,
+    NGX_HTTP_MODULE,
+    NULL, NULL,
+    ngx_http_matrix_pgtest_init_process,
+    NULL, NULL, NULL, NULL,
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_pgtest_sleep =
+    ngx_http_matrix_pg_stmt("SELECT pg_sleep($1::float8), 'slept'", 1);
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_pgtest_echo =
+    ngx_http_matrix_pg_stmt("SELECT $1::text", 1);
+
+
+static ngx_http_matrix_pg_t *
+ngx_http_matrix_pgtest_pg(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    return mmcf ? mmcf->pg : NULL;
+}
+
+
+static void
+ngx_http_matrix_pgtest_print(ngx_buf_t *b, ngx_http_matrix_pg_query_t *q,
+    ngx_uint_t i)
+{
+    int  row, col, nrows, ncols;
+
+    b->last = ngx_slprintf(b->last, b->end, "%ui: %s%s%V\n", i + 1,
+                           ngx_http_matrix_pg_status_text(q->status),
+                           q->error.len ? ": " : "", &q->error);
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK || q->result == NULL) {
+        return;
+    }
+
+    nrows = PQntuples(q->result);
+    ncols = PQnfields(q->result);
+
+    for (row = 0; row < nrows; row++) {
+        b->last = ngx_slprintf(b->last, b->end, "  ");
+
+        for (col = 0; col < ncols; col++) {
+            b->last = ngx_slprintf(b->last, b->end, "%s%s", col ? "|" : "",
+                                   PQgetisnull(q->result, row, col)
+                                   ? "NULL" : PQgetvalue(q->result, row, col));
+        }
+
+        b->last = ngx_slprintf(b->last, b->end, "\n");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_pgtest_send(ngx_http_request_t *r, ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "text/plain");
+
+    rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    if (b->last == b->pos) {
+        b->sync = 1;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t ngx_http_matrix_pgtest_next(
+    ngx_http_matrix_pgtest_ctx_t *ctx);
+
+
+static void
+ngx_http_matrix_pgtest_done(ngx_http_matrix_pgtest_ctx_t *ctx)
+{
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->r;
+    c = r->connection;
+
+    if (ctx->tx && !ctx->leave) {
+        ngx_http_matrix_pg_release(ctx->q);
+    }
+
+    rc = ngx_http_matrix_pgtest_send(r, ctx->out);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_matrix_pgtest_handler(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_http_matrix_pgtest_ctx_t  *ctx;
+
+    ctx = q->data;
+
+    if (ctx->tx && ctx->next == 0 && !q->leased
+        && q->status == NGX_HTTP_MATRIX_PG_OK)
+    {
+        /* not expected: acquire succeeded without a lease */
+        q->status = NGX_HTTP_MATRIX_PG_LOST;
+    }
+
+    if (ctx->next > 0 || !ctx->tx) {
+        ngx_http_matrix_pgtest_print(ctx->out, q, ctx->next ? ctx->next - 1
+                                                            : 0);
+    } else {
+        ctx->out->last = ngx_slprintf(ctx->out->last, ctx->out->end,
+                                      "lease: %s%s%V\n",
+                                      ngx_http_matrix_pg_status_text(q->status),
+                                      q->error.len ? ": " : "", &q->error);
+    }
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK || ctx->next >= ctx->nsql) {
+        ngx_http_matrix_pgtest_done(ctx);
+        return;
+    }
+
+    if (ngx_http_matrix_pgtest_next(ctx) != NGX_OK) {
+        ngx_http_matrix_pgtest_done(ctx);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_pgtest_next(ngx_http_matrix_pgtest_ctx_t *ctx)
+{
+    ngx_uint_t                   i;
+    ngx_http_matrix_pg_query_t  *q;
+
+    q = ctx->q;
+
+    q->stmt = (ctx->stmt == 1) ? &ngx_http_matrix_pgtest_sleep
+              : (ctx->stmt == 2) ? &ngx_http_matrix_pgtest_echo : NULL;
+    q->sql = (char *) ctx->sql[ctx->next].data;
+    q->nparams = ctx->nparams;
+    q->timeout = ctx->timeout;
+
+    for (i = 0; i < ctx->nparams; i++) {
+        if (ngx_http_matrix_pg_param(q, i, &ctx->params[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    ctx->next++;
+
+    if (!ctx->tx) {
+        /* each statement on whichever connection is free */
+        q->leased = 0;
+    }
+
+    return ngx_http_matrix_pg_run(q);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_pgtest_arg(ngx_http_request_t *r, char *name, ngx_str_t *v)
+{
+    u_char  *dst, *src;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), v) != NGX_OK) {
+        v->len = 0;
+        v->data = NULL;
+        return NGX_DECLINED;
+    }
+
+    dst = ngx_pnalloc(r->pool, v->len + 1);
+    if (dst == NULL) {
+        return NGX_ERROR;
+    }
+
+    src = v->data;
+    v->data = dst;
+    ngx_unescape_uri(&dst, &src, v->len, 0);
+    v->len = dst - v->data;
+    *dst = '\0';
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_pgtest_content(ngx_http_request_t *r)
+{
+    ngx_str_t                      v;
+    ngx_http_matrix_pg_t          *pg;
+    ngx_http_matrix_pgtest_ctx_t  *ctx;
+    static char                   *sqls[] = { "sql", "sql2", "sql3", "sql4" };
+    static char                   *ps[] = { "p1", "p2" };
+    ngx_uint_t                     i;
+
+    pg = ngx_http_matrix_pg_for_request(r);
+    if (pg == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_pgtest_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->r = r;
+
+    for (i = 0; i < 4; i++) {
+        if (ngx_http_matrix_pgtest_arg(r, sqls[i], &ctx->sql[i]) == NGX_OK) {
+            ctx->nsql = i + 1;
+        }
+    }
+
+    for (i = 0; i < 2; i++) {
+        if (ngx_http_matrix_pgtest_arg(r, ps[i], &ctx->params[i]) == NGX_OK) {
+            ctx->nparams = i + 1;
+        }
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "stmt", &v) == NGX_OK) {
+        ctx->stmt = (v.len == 5 && ngx_strncmp(v.data, "sleep", 5) == 0)
+                    ? 1 : 2;
+        if (ctx->nsql == 0) {
+            ctx->nsql = 1;
+            ngx_str_set(&ctx->sql[0], "");
+        }
+    }
+
+    ctx->tx = (ngx_http_matrix_pgtest_arg(r, "tx", &v) == NGX_OK);
+    ctx->leave = (ngx_http_matrix_pgtest_arg(r, "leave", &v) == NGX_OK);
+
+    if (ngx_http_matrix_pgtest_arg(r, "timeout", &v) == NGX_OK) {
+        ctx->timeout = ngx_atoi(v.data, v.len);
+    }
+
+    if (ctx->nsql == 0) {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    ctx->out = ngx_create_temp_buf(r->pool, 65536);
+    if (ctx->out == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->q = ngx_http_matrix_pg_query_create(pg, r->pool, r->connection->log);
+    if (ctx->q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->q->handler = ngx_http_matrix_pgtest_handler;
+    ctx->q->data = ctx;
+    ctx->q->timeout = ctx->timeout;
+
+    if (ctx->tx) {
+        if (ngx_http_matrix_pg_acquire(ctx->q) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else if (ngx_http_matrix_pgtest_next(ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_pgtest_notes_content(ngx_http_request_t *r)
+{
+    ngx_buf_t                           *b;
+    ngx_str_t                           *note;
+    ngx_uint_t                           i;
+    ngx_http_matrix_pgtest_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_pgtest_module);
+
+    b = ngx_create_temp_buf(r->pool, 65536);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_slprintf(b->last, b->end, "timer runs: %ui\n",
+                           tmcf->timer_runs);
+
+    note = tmcf->notes.elts;
+    for (i = 0; i < tmcf->notes.nelts; i++) {
+        b->last = ngx_slprintf(b->last, b->end, "%V\n", &note[i]);
+    }
+
+    tmcf->notes.nelts = 0;
+
+    return ngx_http_matrix_pgtest_send(r, b);
+}
+
+
+static void
+ngx_http_matrix_pgtest_notify(void *data, const char *channel,
+    const char *payload)
+{
+    ngx_http_matrix_pgtest_main_conf_t *tmcf = data;
+
+    u_char     *p;
+    ngx_str_t  *note;
+
+    if (tmcf->notes.nelts >= 1000) {
+        return;
+    }
+
+    note = ngx_array_push(&tmcf->notes);
+    if (note == NULL) {
+        return;
+    }
+
+    p = ngx_pnalloc(tmcf->pool, 256);
+    if (p == NULL) {
+        tmcf->notes.nelts--;
+        return;
+    }
+
+    note->data = p;
+    note->len = (channel ? ngx_snprintf(p, 256, "%s:%s", channel, payload)
+                         : ngx_snprintf(p, 256, "(re)subscribed")) - p;
+}
+
+
+static void
+ngx_http_matrix_pgtest_timer_done(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_http_matrix_pgtest_main_conf_t *tmcf = q->data;
+
+    tmcf->timer_runs++;
+
+    ngx_log_error(NGX_LOG_NOTICE, q->log, 0,
+                  "pgtest timer: %s%s%V, %d rows",
+                  ngx_http_matrix_pg_status_text(q->status),
+                  q->error.len ? ": " : "", &q->error,
+                  q->result ? PQntuples(q->result) : -1);
+
+    if (!ngx_exiting && !ngx_terminate) {
+        ngx_add_timer(&tmcf->timer, tmcf->timer_interval);
+    }
+}
+
+
+static void
+ngx_http_matrix_pgtest_timer_handler(ngx_event_t *ev)
+{
+    ngx_http_matrix_pgtest_main_conf_t *tmcf = ev->data;
+
+    if (ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    tmcf->timer_q->sql = (char *) tmcf->timer_sql.data;
+
+    if (ngx_http_matrix_pg_run(tmcf->timer_q) != NGX_OK) {
+        ngx_add_timer(&tmcf->timer, tmcf->timer_interval);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_pgtest_init_process(ngx_cycle_t *cycle)
+{
+    char                               **ch;
+    ngx_uint_t                           i;
+    ngx_http_matrix_pg_t                *pg;
+    ngx_http_matrix_pgtest_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_matrix_pgtest_module);
+    pg = ngx_http_matrix_pgtest_pg(cycle);
+
+    if (tmcf == NULL || pg == NULL) {
+        return NGX_OK;
+    }
+
+    tmcf->pool = ngx_create_pool(4096, cycle->log);
+    if (tmcf->pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_array_init(&tmcf->notes, tmcf->pool, 16, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (tmcf->channels) {
+        ch = tmcf->channels->elts;
+        for (i = 0; i < tmcf->channels->nelts; i++) {
+            if (ngx_http_matrix_pg_listen(pg, ch[i],
+                                          ngx_http_matrix_pgtest_notify, tmcf)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (tmcf->timer_sql.len) {
+        tmcf->timer_q = ngx_http_matrix_pg_query_create(pg, tmcf->pool,
+                                                        cycle->log);
+        if (tmcf->timer_q == NULL) {
+            return NGX_ERROR;
+        }
+
+        tmcf->timer_q->handler = ngx_http_matrix_pgtest_timer_done;
+        tmcf->timer_q->data = tmcf;
+
+        tmcf->timer.handler = ngx_http_matrix_pgtest_timer_handler;
+        tmcf->timer.data = tmcf;
+        tmcf->timer.log = cycle->log;
+        tmcf->timer.cancelable = 1;
+
+        ngx_add_timer(&tmcf->timer, tmcf->timer_interval);
+    }
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_matrix_pgtest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_matrix_pgtest_content;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_pgtest_notifications(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_matrix_pgtest_notes_content;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_pgtest_listen(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_pgtest_main_conf_t *tmcf = conf;
+
+    char       **ch;
+    ngx_str_t   *value;
+
+    value = cf->args->elts;
+
+    if (tmcf->channels == NULL) {
+        tmcf->channels = ngx_array_create(cf->pool, 4, sizeof(char *));
+        if (tmcf->channels == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ch = ngx_array_push(tmcf->channels);
+    if (ch == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *ch = (char *) value[1].data;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_pgtest_timer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_pgtest_main_conf_t *tmcf = conf;
+
+    ngx_str_t  *value;
+
+    value = cf->args->elts;
+
+    tmcf->timer_interval = ngx_parse_time(&value[1], 0);
+    if (tmcf->timer_interval == (ngx_msec_t) NGX_ERROR) {
+        return "invalid interval";
+    }
+
+    tmcf->timer_sql = value[2];
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_matrix_pgtest_create_main_conf(ngx_conf_t *cf)
+{
+    return ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_pgtest_main_conf_t));
+}
