@@ -195,7 +195,14 @@ sub DESTROY {
     return unless $self->{dir};
     return if $self->{pid_owner} && $self->{pid_owner} != $$;
 
-    $self->stop('immediate') if $self->{running};
+    # IPC::Run is not to be used during global destruction
+    if ($self->{running}) {
+        system($self->_as_server(bindir() . '/pg_ctl', '-D', $self->{data},
+                                 '-w', '-m', 'immediate', 'stop',
+                                 '--silent'));
+        $self->{running} = 0;
+    }
+
     remove_tree($self->{dir}) unless $ENV{MATRIX_KEEP_PG};
 }
 

@@ -64,6 +64,7 @@ static char *ngx_http_matrix_pgtest_timer(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static void *ngx_http_matrix_pgtest_create_main_conf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_matrix_pgtest_init_process(ngx_cycle_t *cycle);
+static void ngx_http_matrix_pgtest_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_command_t  ngx_http_matrix_pgtest_commands[] = {
@@ -107,7 +108,9 @@ ngx_module_t  ngx_http_matrix_pgtest_module = {
     NGX_HTTP_MODULE,
     NULL, NULL,
     ngx_http_matrix_pgtest_init_process,
-    NULL, NULL, NULL, NULL,
+    NULL, NULL,
+    ngx_http_matrix_pgtest_exit_process,
+    NULL,
     NGX_MODULE_V1_PADDING
 };
 
@@ -541,6 +544,25 @@ ngx_http_matrix_pgtest_init_process(ngx_cycle_t *cycle)
     }
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_matrix_pgtest_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_pgtest_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_matrix_pgtest_module);
+
+    if (tmcf && tmcf->pool) {
+        if (tmcf->timer.timer_set) {
+            ngx_del_timer(&tmcf->timer);
+        }
+
+        ngx_destroy_pool(tmcf->pool);
+        tmcf->pool = NULL;
+    }
 }
 
 
