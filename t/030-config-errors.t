@@ -268,3 +268,140 @@ location /_matrix/ { matrix; }
 --- must_die
 --- error_log eval
 qr/\[emerg\] .*matrix_old_verify_key: "ed25519:old" is given twice/
+
+
+
+=== TEST 22: matrix_postgres: a connection string libpq cannot parse
+--- http_config
+matrix_postgres "host=/tmp dbname";
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: invalid connection string: missing "=" after "dbname"/
+
+
+
+=== TEST 23: matrix_postgres: an unknown connection option
+--- http_config
+matrix_postgres "host=/tmp dbnmae=x";
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: invalid connection string: invalid connection option "dbnmae"/
+
+
+
+=== TEST 24: matrix_postgres: max out of range
+--- http_config
+matrix_postgres "host=/tmp" max=0;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: invalid "max=0", expected max=1\.\.1000/
+
+
+
+=== TEST 25: matrix_postgres: a bad timeout
+--- http_config
+matrix_postgres "host=/tmp" timeout=soon;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: invalid "timeout=soon"/
+
+
+
+=== TEST 26: matrix_postgres: an unknown parameter
+--- http_config
+matrix_postgres "host=/tmp" maxconns=3;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: invalid parameter "maxconns=3"/
+
+
+
+=== TEST 27: matrix_postgres: a host name that does not resolve fails at configuration time
+--- http_config
+matrix_postgres "host=no-such-host.invalid dbname=x";
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: host "no-such-host\.invalid" not found/
+
+
+
+=== TEST 28: matrix_postgres: several hosts without hostaddr
+--- http_config
+matrix_postgres "host=a.example,b.example dbname=x";
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*several hosts "a\.example,b\.example" need "hostaddr"/
+
+
+
+=== TEST 29: matrix_postgres: twice
+--- http_config
+matrix_postgres "host=/tmp";
+matrix_postgres "host=/tmp";
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*"matrix_postgres" directive is duplicate/
+
+
+
+=== TEST 30: matrix_schema: a name Postgres cannot hold
+--- http_config
+matrix_schema aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*"matrix_schema" directive needs a schema name of 1 to 63 bytes/
+
+
+
+=== TEST 31: matrix_silo_api: not an http URL
+--- http_config
+matrix_silo_api https://silo.example/matrix/;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_silo_api: invalid URL "https:\/\/silo\.example\/matrix\/", expected "http:\/\/host/
+
+
+
+=== TEST 32: matrix_silo_api: a token file that is not there
+--- http_config
+matrix_silo_api http://127.0.0.1:8090/matrix/ token_file=/nonexistent/token;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_silo_api: cannot open token file "\/nonexistent\/token"/
+
+
+
+=== TEST 33: the Postgres directives are accepted as documented
+--- http_config
+matrix_postgres "host=/nonexistent dbname=x user=x" max=3 timeout=250ms;
+matrix_schema "Matrix Data";
+matrix_silo_schema silo_views;
+matrix_migrate off;
+matrix_silo_api http://127.0.0.1:8090/matrix/;
+--- config
+location /t { return 204; }
+--- request
+GET /t
+--- error_code: 204
