@@ -2248,6 +2248,16 @@ ngx_http_matrix_pg_listen(ngx_http_matrix_pg_t *pg, const char *channel,
 }
 
 
+/* whether the leased connection is inside a transaction that works */
+
+ngx_uint_t
+ngx_http_matrix_pg_in_transaction(ngx_http_matrix_pg_query_t *q)
+{
+    return q->leased && q->conn
+           && PQtransactionStatus(q->conn->conn) == PQTRANS_INTRANS;
+}
+
+
 const char *
 ngx_http_matrix_pg_status_text(ngx_http_matrix_pg_status_e s)
 {

@@ -132,6 +132,7 @@ void ngx_http_matrix_pg_abandon(ngx_http_matrix_pg_query_t *q);
 ngx_int_t ngx_http_matrix_pg_listen(ngx_http_matrix_pg_t *pg,
     const char *channel, ngx_http_matrix_pg_notify_pt handler, void *data);
 
+ngx_uint_t ngx_http_matrix_pg_in_transaction(ngx_http_matrix_pg_query_t *q);
 const char *ngx_http_matrix_pg_status_text(ngx_http_matrix_pg_status_e s);
 
 /* 503 (or 504 for a timeout) with a Matrix error, for request handlers */

@@ -262,6 +262,18 @@ ngx_http_matrix_schema_handler(ngx_http_matrix_pg_query_t *q)
         break;
 
     case NGX_HTTP_MATRIX_SCHEMA_APPLY:
+
+        /* a COMMIT inside a migration would split it from its record */
+
+        if (!ngx_http_matrix_pg_in_transaction(q)) {
+            ngx_log_error(NGX_LOG_ALERT, q->log, 0,
+                          "matrix: migration \"%s\" of schema \"%V\" "
+                          "ended the transaction it runs in",
+                          matrix_migrations[ms->next].name, &ms->conf->name);
+            ngx_http_matrix_schema_finish(q, NGX_HTTP_MATRIX_PG_SQL_ERROR);
+            return;
+        }
+
         ms->step = NGX_HTTP_MATRIX_SCHEMA_RECORD;
         break;
 

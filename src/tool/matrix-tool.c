@@ -1,7 +1,8 @@
 /*
  * matrix-tool: the core's Matrix primitives from the command line, for
- * operators (key generation) and for tests (canonical JSON, signing and
- * verifying against an independent implementation).
+ * operators (key generation, the module's schema migrations) and for
+ * tests (canonical JSON, signing and verifying against an independent
+ * implementation).
  *
  * Exit status: 0 success, 1 bad input or failure, 2 usage error.
  */
@@ -15,10 +16,13 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sodium.h>
+#include <libpq-fe.h>
 
 #include "mx_core.h"
 #include "mx_event.h"
 #include "mx_auth.h"
+
+#include "matrix_migrations.h"
 
 
 #define MX_TOOL_NAME          "matrix-tool"
@@ -39,6 +43,31 @@
 
 /* mx_tool_options(): the subcommand's help was asked for and printed */
 #define MX_TOOL_HELP          1
+
+/* migrate: longer names are cut by the server (NAMEDATALEN - 1) */
+#define MX_TOOL_SCHEMA        "matrix"
+#define MX_TOOL_SCHEMA_MAX    63
+
+/*
+ * The migration runner's statements, shared by the runner and by
+ * "migrate --print"; the module's own runner sends the same.  "%s" is
+ * the quoted schema name.  The advisory lock's first key, 28024, is the
+ * module's: concurrent migrators of one schema (workers, nodes, this
+ * tool) queue on it instead of racing CREATE ... IF NOT EXISTS.
+ */
+#define MX_TOOL_PG_LOCK(name)                                                \
+    "SELECT pg_advisory_xact_lock(28024, hashtext(" name "))"
+#define MX_TOOL_PG_SCHEMA     "CREATE SCHEMA IF NOT EXISTS %s"
+#define MX_TOOL_PG_PATH       "SET LOCAL search_path TO %s"
+#define MX_TOOL_PG_TABLE                                                     \
+    "CREATE TABLE IF NOT EXISTS schema_migrations "                          \
+    "(version integer PRIMARY KEY, name text NOT NULL, "                     \
+    "applied_at timestamptz NOT NULL DEFAULT now())"
+#define MX_TOOL_PG_CURRENT                                                   \
+    "SELECT coalesce(max(version), 0) FROM schema_migrations"
+#define MX_TOOL_PG_RECORD(version, name)                                     \
+    "INSERT INTO schema_migrations (version, name) "                         \
+    "VALUES (" version ", " name ")"
 
 
 typedef struct mx_tool_cmd_s  mx_tool_cmd_t;
@@ -98,6 +127,8 @@ static int mx_tool_verify_event(const mx_tool_cmd_t *cmd, int argc,
     char **argv);
 static int mx_tool_auth_check(const mx_tool_cmd_t *cmd, int argc,
     char **argv);
+static int mx_tool_migrate(const mx_tool_cmd_t *cmd, int argc,
+    char **argv);
 static int mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv);
 
 static int mx_tool_options(const mx_tool_cmd_t *cmd, int argc, char **argv,
@@ -131,6 +162,22 @@ static int mx_tool_no_operands(const mx_tool_cmd_t *cmd, int argc,
 static mx_event_t *mx_tool_read_event(const mx_room_version_t *version);
 static int mx_tool_lookup(void *data, const char *server,
     const char *key_id, int64_t ts, unsigned char public_key[32]);
+static PGconn *mx_tool_pg_connect(const char *conninfo);
+static void mx_tool_pg_notice(void *data, const PGresult *res);
+static int mx_tool_pg_migrate(PGconn *conn, const char *schema,
+    unsigned latest);
+static int mx_tool_pg_version(PGconn *conn, const char *schema,
+    long *version);
+static int mx_tool_pg_query(PGconn *conn, const char *what, const char *sql,
+    int nparams, const char *const *params, long *value);
+static void mx_tool_pg_error(PGconn *conn, const PGresult *res,
+    const char *what, const char *sql);
+static unsigned mx_tool_sql_line(const char *sql, long pos);
+static char *mx_tool_sql_quote(const char *s, char q);
+static int mx_tool_migrate_status(const char *schema, long current,
+    unsigned latest);
+static int mx_tool_migrate_print(const char *schema, long current,
+    unsigned latest);
 
 
 static const mx_tool_cmd_t  mx_tool_cmds[] = {
@@ -186,6 +233,16 @@ static const mx_tool_cmd_t  mx_tool_cmds[] = {
       "apply the authorisation rules to {\"event\": PDU, \"auth_events\":\n"
       "[PDU, ...]} on stdin: prints \"allowed\" (exit 0) or\n"
       "\"refused: RULE\" (exit 1)." },
+
+    { "migrate", mx_tool_migrate,
+      "[--schema NAME] [--status | --print] CONNINFO",
+      "bring the module's own schema NAME (default \"matrix\") in the\n"
+      "database CONNINFO (a libpq connection string or URI) to the\n"
+      "latest version, in one transaction; a database that is newer is\n"
+      "left alone.  --status prints the version and what is pending,\n"
+      "--print the SQL that would be applied, for applying it by hand;\n"
+      "neither changes anything.  --print needs no CONNINFO: without\n"
+      "one it prints every migration, with one only the pending ones." },
 
     { "help", mx_tool_help,
       "[COMMAND]",
@@ -922,6 +979,87 @@ done:
 
 
 static int
+mx_tool_migrate(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                        rc, first, status, print;
+    long                       current;
+    PGconn                    *conn;
+    unsigned                   latest;
+    const char                *schema, *conninfo;
+    mx_tool_opt_t              opts[] = {
+        { "--schema", &schema, NULL, NULL },
+        { "--status", NULL, &status, NULL },
+        { "--print", NULL, &print, NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+    const matrix_migration_t  *m;
+
+    schema = MX_TOOL_SCHEMA;
+    status = 0;
+    print = 0;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    if (status && print) {
+        return mx_tool_usage_error(cmd, "--status and --print exclude "
+                                   "each other");
+    }
+
+    if (argc - first > 1) {
+        return mx_tool_usage_error(cmd, "unexpected argument \"%s\"",
+                                   argv[first + 1]);
+    }
+
+    if (argc == first && !print) {
+        return mx_tool_usage_error(cmd, "CONNINFO is required");
+    }
+
+    /* the lock hashes the name as given: it must be the schema's name */
+    if (schema[0] == '\0' || strlen(schema) > MX_TOOL_SCHEMA_MAX) {
+        return mx_tool_usage_error(cmd, "--schema must be 1 to %d bytes",
+                                   MX_TOOL_SCHEMA_MAX);
+    }
+
+    conninfo = argc > first ? argv[first] : NULL;
+
+    latest = 0;
+
+    for (m = matrix_migrations; m->version; m++) {
+        latest = m->version;
+    }
+
+    if (conninfo == NULL) {
+        return mx_tool_migrate_print(schema, 0, latest);
+    }
+
+    conn = mx_tool_pg_connect(conninfo);
+    if (conn == NULL) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    if (!status && !print) {
+        rc = mx_tool_pg_migrate(conn, schema, latest);
+
+    } else if (mx_tool_pg_version(conn, schema, &current) != MX_OK) {
+        rc = MX_TOOL_EXIT_FAIL;
+
+    } else if (status) {
+        rc = mx_tool_migrate_status(schema, current, latest);
+
+    } else {
+        rc = mx_tool_migrate_print(schema, current, latest);
+    }
+
+    PQfinish(conn);
+
+    return rc;
+}
+
+
+static int
 mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv)
 {
     const mx_tool_cmd_t  *c;
@@ -1408,4 +1546,520 @@ mx_tool_lookup(void *data, const char *server, const char *key_id,
     }
 
     return MX_ERROR;
+}
+
+
+/* conninfo is never printed: it may hold a password */
+static PGconn *
+mx_tool_pg_connect(const char *conninfo)
+{
+    size_t       len;
+    PGconn      *conn;
+    const char  *msg;
+    const char  *keys[] = { "dbname", "fallback_application_name", NULL };
+    const char  *values[] = { conninfo, MX_TOOL_NAME, NULL };
+
+    conn = PQconnectdbParams(keys, values, 1);
+
+    if (conn == NULL) {
+        mx_tool_error("out of memory");
+        return NULL;
+    }
+
+    if (PQstatus(conn) != CONNECTION_OK) {
+        msg = PQerrorMessage(conn);
+        len = strlen(msg);
+
+        while (len > 0 && msg[len - 1] == '\n') {
+            len--;
+        }
+
+        mx_tool_error("cannot connect to the database: %.*s", (int) len,
+                      msg);
+        PQfinish(conn);
+        return NULL;
+    }
+
+    PQsetNoticeReceiver(conn, mx_tool_pg_notice, NULL);
+
+    return conn;
+}
+
+
+/* "schema ... already exists, skipping" is no news; warnings are */
+static void
+mx_tool_pg_notice(void *data, const PGresult *res)
+{
+    const char  *severity;
+
+    (void) data;
+
+    severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+
+    if (severity != NULL && strcmp(severity, "WARNING") == 0) {
+        mx_tool_error("server: %s",
+                      PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+    }
+}
+
+
+/*
+ * The runner; the module's runner takes the same steps:
+ *
+ *   BEGIN
+ *   SELECT pg_advisory_xact_lock(28024, hashtext(<name>))
+ *   CREATE SCHEMA IF NOT EXISTS <S>; SET LOCAL search_path TO <S>
+ *   CREATE TABLE IF NOT EXISTS schema_migrations (...)
+ *   SELECT coalesce(max(version), 0) FROM schema_migrations
+ *   newer than we know: ROLLBACK, say so, done (success)
+ *   each newer migration: its SQL (one simple query), then
+ *       INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
+ *   COMMIT; any error: ROLLBACK, nothing changed
+ *
+ * Output comes only after COMMIT: nothing is claimed that did not stay.
+ */
+static int
+mx_tool_pg_migrate(PGconn *conn, const char *schema, unsigned latest)
+{
+    int                        rc;
+    char                      *ident, what[128], version[16];
+    char                       sql[sizeof(MX_TOOL_PG_SCHEMA)
+                                   + 2 * MX_TOOL_SCHEMA_MAX + 16];
+    long                       current;
+    const char                *params[2];
+    const matrix_migration_t  *m;
+
+    ident = PQescapeIdentifier(conn, schema, strlen(schema));
+    if (ident == NULL) {
+        mx_tool_pg_error(conn, NULL, "bad schema name", NULL);
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    rc = MX_TOOL_EXIT_FAIL;
+    params[0] = schema;
+
+    if (mx_tool_pg_query(conn, "cannot begin", "BEGIN", 0, NULL, NULL)
+        != MX_OK
+        || mx_tool_pg_query(conn, "cannot lock the schema",
+                            MX_TOOL_PG_LOCK("$1"), 1, params, NULL)
+           != MX_OK)
+    {
+        goto done;
+    }
+
+    snprintf(sql, sizeof(sql), MX_TOOL_PG_SCHEMA, ident);
+
+    if (mx_tool_pg_query(conn, "cannot create the schema", sql, 0, NULL,
+                         NULL)
+        != MX_OK)
+    {
+        goto done;
+    }
+
+    snprintf(sql, sizeof(sql), MX_TOOL_PG_PATH, ident);
+
+    if (mx_tool_pg_query(conn, "cannot set search_path", sql, 0, NULL, NULL)
+        != MX_OK
+        || mx_tool_pg_query(conn, "cannot create schema_migrations",
+                            MX_TOOL_PG_TABLE, 0, NULL, NULL)
+           != MX_OK
+        || mx_tool_pg_query(conn, "cannot read schema_migrations",
+                            MX_TOOL_PG_CURRENT, 0, NULL, &current)
+           != MX_OK)
+    {
+        goto done;
+    }
+
+    if (current > (long) latest) {
+        rc = mx_tool_pg_query(conn, "cannot roll back", "ROLLBACK", 0, NULL,
+                              NULL)
+             == MX_OK ? mx_tool_migrate_status(schema, current, latest)
+                      : MX_TOOL_EXIT_FAIL;
+        goto done;
+    }
+
+    for (m = matrix_migrations; m->version; m++) {
+        if ((long) m->version <= current) {
+            continue;
+        }
+
+        snprintf(what, sizeof(what), "migration %s failed", m->name);
+
+        if (mx_tool_pg_query(conn, what, m->sql, 0, NULL, NULL) != MX_OK) {
+            goto done;
+        }
+
+        /*
+         * The runner's transaction is the only one: a COMMIT in the
+         * migration has already made its first part stay, unrecorded.
+         */
+        if (PQtransactionStatus(conn) != PQTRANS_INTRANS) {
+            mx_tool_error("%s: it ended the runner's transaction (BEGIN, "
+                          "COMMIT or ROLLBACK in a migration); what ran "
+                          "before that may be committed, unrecorded: "
+                          "check the schema by hand", what);
+            goto done;
+        }
+
+        snprintf(version, sizeof(version), "%u", m->version);
+        params[0] = version;
+        params[1] = m->name;
+
+        if (mx_tool_pg_query(conn, what, MX_TOOL_PG_RECORD("$1", "$2"), 2,
+                             params, NULL)
+            != MX_OK)
+        {
+            goto done;
+        }
+    }
+
+    if (mx_tool_pg_query(conn, "cannot commit", "COMMIT", 0, NULL, NULL)
+        != MX_OK)
+    {
+        goto done;
+    }
+
+    for (m = matrix_migrations; m->version; m++) {
+        if ((long) m->version > current) {
+            printf("schema \"%s\": applied %s\n", schema, m->name);
+        }
+    }
+
+    printf("schema \"%s\": version %u%s\n", schema, latest,
+           current == (long) latest ? ", up to date" : "");
+
+    rc = fflush(stdout) == 0 ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_FAIL;
+
+done:
+
+    if (rc != MX_TOOL_EXIT_OK && PQstatus(conn) == CONNECTION_OK
+        && PQtransactionStatus(conn) != PQTRANS_IDLE)
+    {
+        PQclear(PQexec(conn, "ROLLBACK"));
+        mx_tool_error("rolled back: schema \"%s\" is unchanged", schema);
+    }
+
+    PQfreemem(ident);
+
+    return rc;
+}
+
+
+/* the schema's version without changing anything: 0 when it is absent */
+static int
+mx_tool_pg_version(PGconn *conn, const char *schema, long *version)
+{
+    int          rc;
+    char        *ident, sql[sizeof(MX_TOOL_PG_CURRENT)
+                            + 2 * MX_TOOL_SCHEMA_MAX + 16];
+    long         exists;
+    const char  *params[1];
+
+    ident = PQescapeIdentifier(conn, schema, strlen(schema));
+    if (ident == NULL) {
+        mx_tool_pg_error(conn, NULL, "bad schema name", NULL);
+        return MX_ERROR;
+    }
+
+    snprintf(sql, sizeof(sql), "%s.schema_migrations", ident);
+    params[0] = sql;
+
+    rc = mx_tool_pg_query(conn, "cannot read schema_migrations",
+                          "SELECT (to_regclass($1) IS NOT NULL)::int", 1,
+                          params, &exists);
+
+    *version = 0;
+
+    if (rc == MX_OK && exists) {
+        snprintf(sql, sizeof(sql),
+                 "SELECT coalesce(max(version), 0) FROM %s.schema_migrations",
+                 ident);
+
+        rc = mx_tool_pg_query(conn, "cannot read schema_migrations", sql, 0,
+                              NULL, version);
+    }
+
+    PQfreemem(ident);
+
+    return rc;
+}
+
+
+/*
+ * Runs sql, with parameters when nparams > 0 (else as a simple query,
+ * which may hold several statements), and reports a failure as "what:
+ * the server's message".  value, when given, gets the first column of
+ * the first row.
+ */
+static int
+mx_tool_pg_query(PGconn *conn, const char *what, const char *sql,
+    int nparams, const char *const *params, long *value)
+{
+    int             rc;
+    PGresult       *res;
+    ExecStatusType  st;
+
+    if (nparams > 0) {
+        res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+
+    } else {
+        res = PQexec(conn, sql);
+    }
+
+    st = PQresultStatus(res);
+
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK
+        && st != PGRES_EMPTY_QUERY)
+    {
+        mx_tool_pg_error(conn, res, what, sql);
+        PQclear(res);
+        return MX_ERROR;
+    }
+
+    rc = MX_OK;
+
+    if (value) {
+        if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+            *value = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+
+        } else {
+            mx_tool_error("%s: no value", what);
+            rc = MX_ERROR;
+        }
+    }
+
+    PQclear(res);
+
+    return rc;
+}
+
+
+/*
+ * The server's message with its SQLSTATE, the line of sql it points at,
+ * detail and hint; libpq's own message when the server sent none (a
+ * lost connection).
+ */
+static void
+mx_tool_pg_error(PGconn *conn, const PGresult *res, const char *what,
+    const char *sql)
+{
+    size_t       len;
+    const char  *msg, *state, *pos, *detail, *hint;
+
+    msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+
+    if (msg == NULL) {
+        msg = PQerrorMessage(conn);
+        len = strlen(msg);
+
+        while (len > 0 && msg[len - 1] == '\n') {
+            len--;
+        }
+
+        if (len == 0) {
+            msg = res ? PQresStatus(PQresultStatus(res)) : "no result";
+            len = strlen(msg);
+        }
+
+        mx_tool_error("%s: %.*s", what, (int) len, msg);
+        return;
+    }
+
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
+    detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+
+    if (pos && sql) {
+        mx_tool_error("%s: %s (SQLSTATE %s, line %u)", what, msg,
+                      state ? state : "?",
+                      mx_tool_sql_line(sql, strtol(pos, NULL, 10)));
+
+    } else {
+        mx_tool_error("%s: %s (SQLSTATE %s)", what, msg,
+                      state ? state : "?");
+    }
+
+    if (detail) {
+        fprintf(stderr, "  detail: %s\n", detail);
+    }
+
+    if (hint) {
+        fprintf(stderr, "  hint: %s\n", hint);
+    }
+}
+
+
+/* the line of the pos-th character (1-based, as the server counts) */
+static unsigned
+mx_tool_sql_line(const char *sql, long pos)
+{
+    long                  n;
+    unsigned              line;
+    const unsigned char  *p;
+
+    line = 1;
+    n = 0;
+
+    for (p = (const unsigned char *) sql; *p; p++) {
+
+        /* UTF-8 continuation bytes are not characters of their own */
+        if ((*p & 0xc0) == 0x80) {
+            continue;
+        }
+
+        if (++n == pos) {
+            break;
+        }
+
+        if (*p == '\n') {
+            line++;
+        }
+    }
+
+    return line;
+}
+
+
+/*
+ * s quoted for SQL, as an identifier (q '"') or a string literal (q
+ * '\''), the quote doubled inside; a literal with a backslash becomes
+ * E'...', which reads the same whatever standard_conforming_strings is.
+ */
+static char *
+mx_tool_sql_quote(const char *s, char q)
+{
+    int          e;
+    char        *out, *d;
+    const char  *p;
+
+    e = (q == '\'' && strchr(s, '\\') != NULL);
+
+    out = malloc(2 * strlen(s) + 4);
+    if (out == NULL) {
+        mx_tool_error("out of memory");
+        return NULL;
+    }
+
+    d = out;
+
+    if (e) {
+        *d++ = 'E';
+    }
+
+    *d++ = q;
+
+    for (p = s; *p; p++) {
+        if (*p == q || (e && *p == '\\')) {
+            *d++ = *p;
+        }
+
+        *d++ = *p;
+    }
+
+    *d++ = q;
+    *d = '\0';
+
+    return out;
+}
+
+
+static int
+mx_tool_migrate_status(const char *schema, long current, unsigned latest)
+{
+    const matrix_migration_t  *m;
+
+    printf("schema \"%s\": version %ld, latest %u\n", schema, current,
+           latest);
+
+    if (current > (long) latest) {
+        printf("newer than this " MX_TOOL_NAME ": a newer module migrated "
+               "it, left alone\n");
+
+    } else if (current == (long) latest) {
+        printf("up to date\n");
+
+    } else {
+        for (m = matrix_migrations; m->version; m++) {
+            if ((long) m->version > current) {
+                printf("pending: %s\n", m->name);
+            }
+        }
+    }
+
+    return fflush(stdout) == 0 ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_FAIL;
+}
+
+
+/*
+ * The script the runner would send, for operators who apply schema
+ * changes with their own tools: one transaction, the same lock, the
+ * same bookkeeping, so it cannot be applied twice.
+ */
+static int
+mx_tool_migrate_print(const char *schema, long current, unsigned latest)
+{
+    int                        rc;
+    char                      *ident, *lit, *name;
+    const matrix_migration_t  *m;
+
+    if (current >= (long) latest) {
+        printf("-- schema \"%s\" is at version %ld, this " MX_TOOL_NAME
+               " knows %u: nothing to apply\n", schema, current, latest);
+
+        return fflush(stdout) == 0 ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_FAIL;
+    }
+
+    ident = mx_tool_sql_quote(schema, '"');
+    lit = mx_tool_sql_quote(schema, '\'');
+
+    rc = MX_TOOL_EXIT_FAIL;
+
+    if (ident == NULL || lit == NULL) {
+        goto done;
+    }
+
+    printf("-- " MX_TOOL_NAME " migrate: schema \"%s\", version %ld to %u.\n"
+           "-- One transaction; apply it with, for example,\n"
+           "--     psql -v ON_ERROR_STOP=1 -f FILE CONNINFO\n\n"
+           "BEGIN;\n"
+           MX_TOOL_PG_LOCK("%s") ";\n"
+           MX_TOOL_PG_SCHEMA ";\n"
+           MX_TOOL_PG_PATH ";\n"
+           MX_TOOL_PG_TABLE ";\n",
+           schema, current, latest, lit, ident, ident);
+
+    for (m = matrix_migrations; m->version; m++) {
+        if ((long) m->version <= current) {
+            continue;
+        }
+
+        name = mx_tool_sql_quote(m->name, '\'');
+        if (name == NULL) {
+            goto done;
+        }
+
+        printf("\n-- %s\n%s%s" MX_TOOL_PG_RECORD("%u", "%s") ";\n",
+               m->name, m->sql,
+               m->sql[0] && m->sql[strlen(m->sql) - 1] != '\n' ? "\n" : "",
+               m->version, name);
+
+        free(name);
+    }
+
+    printf("\nCOMMIT;\n");
+
+    if (fflush(stdout) == 0) {
+        rc = MX_TOOL_EXIT_OK;
+
+    } else {
+        mx_tool_error("cannot write to stdout: %s", strerror(errno));
+    }
+
+done:
+
+    free(ident);
+    free(lit);
+
+    return rc;
 }
