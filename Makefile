@@ -33,7 +33,7 @@ DEB_PACKAGES := build-essential nginx nginx-dev libjansson-dev libsodium-dev \
                 python3-aiohttp python3-asyncpg python3-markdown python3-bleach \
                 wrk curl openssl postgresql
 
-.PHONY: all module tool deps test demo bench clean
+.PHONY: all module tool deps test demo demo-stop bench clean
 
 all: module tool
 
@@ -111,7 +111,10 @@ test: deps all $(CORE_TESTS)
 	prove -I t/runner -I t/lib -r t/
 
 demo: deps all
-	sh examples/demo.sh
+	bash examples/demo.sh
+
+demo-stop:
+	bash examples/demo.sh stop
 
 bench: deps all
 	@for b in bench/*/run.sh; do echo "== $$b"; sh $$b || exit 1; done
