@@ -84,12 +84,20 @@ sub _template {
     my $tpl = "$build/pg-template";
     return $tpl if -f "$tpl/PG_VERSION";
 
+    # initdb'd where the server's user can reach (a checkout under /root
+    # is out of its reach), then copied in by us
+    my $scratch = tempdir('mxpg-tpl-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    chmod 0755, $scratch;
+    $self->_chown($scratch);
+    mkdir "$scratch/data", 0700 or die "$scratch/data: $!";
+    $self->_chown("$scratch/data");
+    $self->_initdb("$scratch/data");
+
     my $tmp = "$tpl.$$";
     remove_tree($tmp);
-    mkdir $tmp, 0700 or die "$tmp: $!";
-    $self->_chown($tmp);
-    $self->_initdb($tmp);
+    system('cp', '-a', "$scratch/data", $tmp) == 0 or die "cp $scratch";
     rename $tmp, $tpl or die "rename $tmp: $!";
+    remove_tree($scratch);
 
     return $tpl;
 }
