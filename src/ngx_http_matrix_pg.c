@@ -69,6 +69,7 @@ struct ngx_http_matrix_pg_conn_s {
 
     ngx_queue_t                       queue;      /* pg->free or pg->busy */
     ngx_uint_t                        preparing;  /* statement index */
+    ino_t                             sock_ino;   /* PQsocket()'s identity */
 
     unsigned                          poll_write:1;  /* connecting */
     unsigned                          writing:1;     /* write event on */
@@ -99,6 +100,7 @@ struct ngx_http_matrix_pg_s {
     ngx_pool_t                       *pool;
     ngx_queue_t                       free;
     ngx_queue_t                       busy;
+    ngx_queue_t                       connecting;
     ngx_queue_t                       waiters;
     ngx_uint_t                        nconns;       /* but the listener */
     ngx_uint_t                        nconnecting;
@@ -108,6 +110,7 @@ struct ngx_http_matrix_pg_s {
     ngx_http_matrix_pg_query_t       *schema_q;
 
     ngx_msec_t                        backoff;
+    ngx_msec_t                        schema_backoff;
     ngx_msec_t                        down_until;
     ngx_event_t                       retry;
     unsigned                          down:1;
@@ -117,6 +120,7 @@ struct ngx_http_matrix_pg_s {
     ngx_http_matrix_pg_conn_t        *listen_conn;
     ngx_msec_t                        listen_backoff;
     ngx_event_t                       listen_retry;
+    ngx_event_t                       listen_resubscribe;
 };
 
 
@@ -167,9 +171,30 @@ static void ngx_http_matrix_pg_fail_waiters(ngx_http_matrix_pg_t *pg,
 static void ngx_http_matrix_pg_went_down(ngx_http_matrix_pg_t *pg,
     const char *why);
 static void ngx_http_matrix_pg_retry_handler(ngx_event_t *ev);
+static void ngx_http_matrix_pg_schema_failed(ngx_http_matrix_pg_t *pg);
 static void ngx_http_matrix_pg_listen_retry_handler(ngx_event_t *ev);
+static void ngx_http_matrix_pg_listen_resubscribe_handler(ngx_event_t *ev);
 static void ngx_http_matrix_pg_schema_done(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_pg_query_cleanup(void *data);
+static void ngx_http_matrix_pg_errcpy(u_char *buf, const char *why);
+static void ngx_http_matrix_pg_notice(void *data, const char *message);
+
+
+static void
+ngx_http_matrix_pg_notice(void *data, const char *message)
+{
+    ngx_http_matrix_pg_t *pg = data;
+
+    u_char      buf[NGX_HTTP_MATRIX_PG_ERRLEN];
+    ngx_uint_t  level;
+
+    ngx_http_matrix_pg_errcpy(buf, message);
+
+    level = (ngx_strncmp(buf, "NOTICE:", 7) == 0) ? NGX_LOG_INFO
+                                                  : NGX_LOG_WARN;
+
+    ngx_log_error(level, pg->log, 0, "matrix postgres: %s", buf);
+}
 
 
 /* libpq's messages end with a newline; ours are kept on one line */
@@ -202,7 +227,7 @@ ngx_http_matrix_pg_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char                  *err;
     ngx_int_t              n;
     ngx_str_t             *value, s;
-    ngx_uint_t             i, nopts;
+    ngx_uint_t             i, nopts, gss;
     PQconninfoOption      *opts, *o;
     ngx_http_matrix_pg_t  *pg;
 
@@ -274,12 +299,35 @@ ngx_http_matrix_pg_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     nopts = 0;
+    gss = 0;
+
     for (o = opts; o->keyword; o++) {
         nopts++;
+
+        if (o->val == NULL) {
+            continue;
+        }
+
+        /*
+         * A service file may point at LDAP, looked up while connecting;
+         * GSSAPI would talk to a KDC: neither without blocking.
+         */
+
+        if (ngx_strcmp(o->keyword, "service") == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%V: \"service=%s\" is not supported, write "
+                               "its parameters out", &cmd->name, o->val);
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_strcmp(o->keyword, "gssencmode") == 0) {
+            gss = 1;
+        }
     }
 
-    pg->keywords = ngx_pcalloc(cf->pool, (nopts + 2) * sizeof(char *));
-    pg->values = ngx_pcalloc(cf->pool, (nopts + 2) * sizeof(char *));
+    pg->keywords = ngx_pcalloc(cf->pool, (nopts + 3) * sizeof(char *));
+    pg->values = ngx_pcalloc(cf->pool, (nopts + 3) * sizeof(char *));
     if (pg->keywords == NULL || pg->values == NULL) {
         PQconninfoFree(opts);
         return NGX_CONF_ERROR;
@@ -307,6 +355,12 @@ ngx_http_matrix_pg_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     pg->keywords[i] = "fallback_application_name";
     pg->values[i] = NGX_HTTP_MATRIX_SERVER_NAME;
+
+    if (!gss) {
+        i++;
+        pg->keywords[i] = "gssencmode";
+        pg->values[i] = "disable";
+    }
 
     PQconninfoFree(opts);
 
@@ -367,6 +421,21 @@ ngx_http_matrix_pg_resolve_host(ngx_conf_t *cf, ngx_http_matrix_pg_t *pg,
 
     u.url.data = (u_char *) host->val;
     u.url.len = ngx_strlen(host->val);
+
+    if (ngx_strchr(host->val, ':')) {
+        /* an IPv6 address: what ngx_parse_url() wants is "[::1]" */
+        p = ngx_pnalloc(cf->pool, u.url.len + 2);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        p[0] = '[';
+        ngx_memcpy(p + 1, host->val, u.url.len);
+        p[u.url.len + 1] = ']';
+
+        u.url.data = p;
+        u.url.len += 2;
+    }
     u.no_resolve = 0;
     u.default_port = 5432;
 
@@ -481,6 +550,7 @@ ngx_http_matrix_pg_init_process(ngx_cycle_t *cycle, ngx_http_matrix_pg_t *pg)
 
     ngx_queue_init(&pg->free);
     ngx_queue_init(&pg->busy);
+    ngx_queue_init(&pg->connecting);
     ngx_queue_init(&pg->waiters);
 
     pg->retry.handler = ngx_http_matrix_pg_retry_handler;
@@ -492,6 +562,11 @@ ngx_http_matrix_pg_init_process(ngx_cycle_t *cycle, ngx_http_matrix_pg_t *pg)
     pg->listen_retry.data = pg;
     pg->listen_retry.log = cycle->log;
     pg->listen_retry.cancelable = 1;
+
+    pg->listen_resubscribe.handler =
+                                 ngx_http_matrix_pg_listen_resubscribe_handler;
+    pg->listen_resubscribe.data = pg;
+    pg->listen_resubscribe.log = cycle->log;
 
     if (pg->listeners.elts == NULL
         && ngx_array_init(&pg->listeners, pg->pool, 4,
@@ -539,6 +614,12 @@ ngx_http_matrix_pg_exit_process(ngx_http_matrix_pg_t *pg)
         ngx_http_matrix_pg_close(pc);
     }
 
+    while (!ngx_queue_empty(&pg->connecting)) {
+        qu = ngx_queue_head(&pg->connecting);
+        pc = ngx_queue_data(qu, ngx_http_matrix_pg_conn_t, queue);
+        ngx_http_matrix_pg_close(pc);
+    }
+
     if (pg->listen_conn) {
         ngx_http_matrix_pg_close(pg->listen_conn);
     }
@@ -549,6 +630,10 @@ ngx_http_matrix_pg_exit_process(ngx_http_matrix_pg_t *pg)
 
     if (pg->listen_retry.timer_set) {
         ngx_del_timer(&pg->listen_retry);
+    }
+
+    if (pg->listen_resubscribe.posted) {
+        ngx_delete_posted_event(&pg->listen_resubscribe);
     }
 
     ngx_destroy_pool(pg->pool);
@@ -575,10 +660,11 @@ ngx_http_matrix_pg_connect(ngx_http_matrix_pg_t *pg, ngx_uint_t listener)
     pc->timer.data = pc;
     pc->timer.log = pg->log;
 
-    /* not in a queue until it works: a failed connect frees it */
-    ngx_queue_init(&pc->queue);
+    if (listener) {
+        ngx_queue_init(&pc->queue);
 
-    if (!listener) {
+    } else {
+        ngx_queue_insert_tail(&pg->connecting, &pc->queue);
         pg->nconns++;
         pg->nconnecting++;
     }
@@ -596,6 +682,9 @@ ngx_http_matrix_pg_connect(ngx_http_matrix_pg_t *pg, ngx_uint_t listener)
         ngx_http_matrix_pg_connect_failed(pc, PQerrorMessage(pc->conn));
         return NULL;
     }
+
+    /* libpq would write notices to stderr */
+    PQsetNoticeProcessor(pc->conn, ngx_http_matrix_pg_notice, pg);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
                    "matrix postgres: connecting%s",
@@ -629,16 +718,23 @@ static ngx_int_t
 ngx_http_matrix_pg_watch(ngx_http_matrix_pg_conn_t *pc)
 {
     int                fd;
+    struct stat        st;
     ngx_connection_t  *c;
 
     fd = PQsocket(pc->conn);
 
-    if (fd == -1) {
+    if (fd == -1 || fstat(fd, &st) == -1) {
         return NGX_ERROR;
     }
 
     if (pc->c) {
-        if (pc->c->fd == fd) {
+
+        /*
+         * libpq closes a socket before it opens the next, which then often
+         * gets the same number: the inode tells them apart
+         */
+
+        if (pc->c->fd == fd && pc->sock_ino == st.st_ino) {
             return NGX_OK;
         }
 
@@ -668,6 +764,8 @@ ngx_http_matrix_pg_watch(ngx_http_matrix_pg_conn_t *pc)
     if (c == NULL) {
         return NGX_ERROR;
     }
+
+    pc->sock_ino = st.st_ino;
 
     c->data = pc;
     c->shared = 1;          /* the descriptor is libpq's to close */
@@ -781,10 +879,19 @@ ngx_http_matrix_pg_connect_failed(ngx_http_matrix_pg_conn_t *pc,
 
     if (pg->nconns == 0) {
         ngx_http_matrix_pg_went_down(pg, why);
+        return;
+    }
 
-    } else {
-        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                      "matrix postgres: cannot connect: %s", why);
+    ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                  "matrix postgres: cannot connect: %s", why);
+
+    if (pg->schema_state != NGX_HTTP_MATRIX_PG_SCHEMA_READY
+        && pg->schema_state != NGX_HTTP_MATRIX_PG_SCHEMA_RUNNING
+        && pg->started && !ngx_exiting && !ngx_terminate
+        && !pg->retry.timer_set)
+    {
+        ngx_add_timer(&pg->retry, ngx_max(pg->schema_backoff,
+                                          NGX_HTTP_MATRIX_PG_BACKOFF_MIN));
     }
 }
 
@@ -812,6 +919,7 @@ ngx_http_matrix_pg_connected(ngx_http_matrix_pg_conn_t *pc)
     pc->state = NGX_HTTP_MATRIX_PG_ACTIVE;
 
     if (!pc->listener) {
+        ngx_queue_remove(&pc->queue);
         ngx_queue_insert_tail(&pg->busy, &pc->queue);
     }
 
@@ -1005,6 +1113,20 @@ ngx_http_matrix_pg_collect(ngx_http_matrix_pg_conn_t *pc)
             return;
         }
 
+        switch (PQresultStatus(res)) {
+
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+            /* PQgetResult() would return this for ever, never NULL */
+            PQclear(res);
+            ngx_http_matrix_pg_lost(pc, "COPY is not supported");
+            return;
+
+        default:
+            break;
+        }
+
         /* of several results the first error wins, else the last */
 
         if (pc->result == NULL
@@ -1040,9 +1162,12 @@ ngx_http_matrix_pg_notifies(ngx_http_matrix_pg_conn_t *pc)
                        n->relname, n->extra);
 
         if (pc->listener) {
-            l = pc->pg->listeners.elts;
+
+            /* a handler may add a listener: the array may move */
 
             for (i = 0; i < pc->pg->listeners.nelts; i++) {
+                l = pc->pg->listeners.elts;
+
                 if (ngx_strcmp(l[i].channel, n->relname) == 0) {
                     l[i].handler(l[i].data, n->relname, n->extra);
                 }
@@ -1068,7 +1193,9 @@ ngx_http_matrix_pg_phase_done(ngx_http_matrix_pg_conn_t *pc)
     phase = pc->phase;
     pc->phase = NGX_HTTP_MATRIX_PG_NONE;
 
-    if (pc->timer.timer_set) {
+    /* a statement's time covers its PREPARE and its execution */
+
+    if (phase != NGX_HTTP_MATRIX_PG_PREPARE && pc->timer.timer_set) {
         ngx_del_timer(&pc->timer);
     }
 
@@ -1113,10 +1240,13 @@ ngx_http_matrix_pg_phase_done(ngx_http_matrix_pg_conn_t *pc)
 
         /* whatever was sent while nobody listened is for a rescan */
 
-        l = pg->listeners.elts;
         for (i = 0; i < pg->listeners.nelts; i++) {
+            l = pg->listeners.elts;
             l[i].handler(l[i].data, NULL, NULL);
         }
+
+        /* notifications that came with the LISTEN reply */
+        ngx_http_matrix_pg_notifies(pc);
 
         return;
 
@@ -1198,18 +1328,19 @@ ngx_http_matrix_pg_ready(ngx_http_matrix_pg_conn_t *pc)
     if (pg->schema_state == NGX_HTTP_MATRIX_PG_SCHEMA_NONE
         || pg->schema_state == NGX_HTTP_MATRIX_PG_SCHEMA_FAILED)
     {
-        pg->schema_state = NGX_HTTP_MATRIX_PG_SCHEMA_RUNNING;
-
         if (pg->schema_q == NULL) {
             pg->schema_q = ngx_http_matrix_pg_query_create(pg, pg->pool,
                                                            pg->log);
             if (pg->schema_q == NULL) {
-                ngx_http_matrix_pg_lost(pc, "out of memory");
+                ngx_http_matrix_pg_schema_failed(pg);
+                ngx_http_matrix_pg_put(pc);
                 return;
             }
 
             pg->schema_q->internal = 1;
         }
+
+        pg->schema_state = NGX_HTTP_MATRIX_PG_SCHEMA_RUNNING;
 
         /* the migration leases this connection */
 
@@ -1225,7 +1356,7 @@ ngx_http_matrix_pg_ready(ngx_http_matrix_pg_conn_t *pc)
             q->leased = 0;
             q->conn = NULL;
             pc->q = NULL;
-            pg->schema_state = NGX_HTTP_MATRIX_PG_SCHEMA_FAILED;
+            ngx_http_matrix_pg_schema_failed(pg);
             ngx_http_matrix_pg_put(pc);
         }
 
@@ -1357,6 +1488,10 @@ ngx_http_matrix_pg_put(ngx_http_matrix_pg_conn_t *pc)
     pg = pc->pg;
     pc->q = NULL;
 
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
     switch (PQtransactionStatus(pc->conn)) {
 
     case PQTRANS_IDLE:
@@ -1460,8 +1595,8 @@ ngx_http_matrix_pg_lost(ngx_http_matrix_pg_conn_t *pc, const char *why)
     }
 
     if (q) {
+        /* a lease stays one, without its connection, until released */
         q->conn = NULL;
-        q->leased = 0;
 
         if (q->running) {
             q->running = 0;
@@ -1565,7 +1700,6 @@ ngx_http_matrix_pg_timer_handler(ngx_event_t *ev)
     if (q && q->running) {
         pc->q = NULL;
         q->conn = NULL;
-        q->leased = 0;
         q->running = 0;
 
         ngx_http_matrix_pg_close(pc);
@@ -1658,20 +1792,36 @@ static void
 ngx_http_matrix_pg_start(ngx_http_matrix_pg_query_t *q,
     ngx_http_matrix_pg_conn_t *pc)
 {
+    u_char  buf[NGX_HTTP_MATRIX_PG_ERRLEN];
+
+    /*
+     * Reached from run(), acquire(), release() and a pool's cleanup:
+     * whatever the query hears is posted, never said inside those calls.
+     */
+
     q->conn = pc;
     pc->q = q;
 
     if (q->acquiring) {
         q->acquiring = 0;
         q->leased = 1;
-        ngx_http_matrix_pg_reply(q, NGX_HTTP_MATRIX_PG_OK, NULL);
+        ngx_http_matrix_pg_reply_later(q, NGX_HTTP_MATRIX_PG_OK, NULL);
         return;
     }
 
     q->running = 1;
 
     if (ngx_http_matrix_pg_send(pc) != NGX_OK) {
-        ngx_http_matrix_pg_lost(pc, PQerrorMessage(pc->conn));
+        ngx_http_matrix_pg_errcpy(buf, PQerrorMessage(pc->conn));
+
+        /* the statement never left: not "lost", the outcome is known */
+        q->running = 0;
+        q->conn = NULL;
+        pc->q = NULL;
+
+        ngx_http_matrix_pg_reply_later(q, NGX_HTTP_MATRIX_PG_UNAVAILABLE,
+                                       (char *) buf);
+        ngx_http_matrix_pg_lost(pc, (char *) buf);
     }
 }
 
@@ -1778,7 +1928,12 @@ ngx_http_matrix_pg_retry_handler(ngx_event_t *ev)
     if (pg->nconns == 0 || ngx_queue_empty(&pg->free)) {
         if (pg->nconnecting == 0) {
             (void) ngx_http_matrix_pg_connect(pg, 0);
+
+        } else {
+            /* that one may fail too: look again */
+            ngx_add_timer(&pg->retry, NGX_HTTP_MATRIX_PG_BACKOFF_MAX);
         }
+
         return;
     }
 
@@ -1793,6 +1948,30 @@ ngx_http_matrix_pg_retry_handler(ngx_event_t *ev)
 
         ngx_http_matrix_pg_ready(pc);
     }
+}
+
+
+static void
+ngx_http_matrix_pg_listen_resubscribe_handler(ngx_event_t *ev)
+{
+    ngx_http_matrix_pg_t  *pg;
+
+    pg = ev->data;
+
+    if (ngx_exiting || ngx_terminate || !pg->started) {
+        return;
+    }
+
+    if (pg->listen_conn) {
+        ngx_http_matrix_pg_close(pg->listen_conn);
+        pg->listen_conn = NULL;
+    }
+
+    if (pg->listen_retry.timer_set) {
+        ngx_del_timer(&pg->listen_retry);
+    }
+
+    pg->listen_conn = ngx_http_matrix_pg_connect(pg, 1);
 }
 
 
@@ -1823,27 +2002,35 @@ ngx_http_matrix_pg_schema_done(ngx_http_matrix_pg_query_t *q)
     ngx_http_matrix_pg_release(q);
 
     if (q->status != NGX_HTTP_MATRIX_PG_OK) {
-        pg->schema_state = NGX_HTTP_MATRIX_PG_SCHEMA_FAILED;
-
-        ngx_http_matrix_pg_fail_waiters(pg, NGX_HTTP_MATRIX_PG_UNAVAILABLE,
-                                        "the schema is not ready");
-
-        pg->backoff = ngx_min(ngx_max(pg->backoff * 2, 1000),
-                              NGX_HTTP_MATRIX_PG_BACKOFF_MAX);
-
-        if (pg->started && !ngx_exiting && !ngx_terminate
-            && !pg->retry.timer_set)
-        {
-            ngx_add_timer(&pg->retry, pg->backoff);
-        }
-
+        ngx_http_matrix_pg_schema_failed(pg);
         return;
     }
 
     pg->schema_state = NGX_HTTP_MATRIX_PG_SCHEMA_READY;
-    pg->backoff = 0;
+    pg->schema_backoff = 0;
 
     ngx_http_matrix_pg_dispatch(pg);
+}
+
+
+/* waiters are told; the schema is tried again, later and later */
+
+static void
+ngx_http_matrix_pg_schema_failed(ngx_http_matrix_pg_t *pg)
+{
+    pg->schema_state = NGX_HTTP_MATRIX_PG_SCHEMA_FAILED;
+
+    ngx_http_matrix_pg_fail_waiters(pg, NGX_HTTP_MATRIX_PG_UNAVAILABLE,
+                                    "the schema is not ready");
+
+    pg->schema_backoff = ngx_min(ngx_max(pg->schema_backoff * 2, 1000),
+                                 NGX_HTTP_MATRIX_PG_BACKOFF_MAX);
+
+    if (pg->started && !ngx_exiting && !ngx_terminate
+        && !pg->retry.timer_set)
+    {
+        ngx_add_timer(&pg->retry, pg->schema_backoff);
+    }
 }
 
 
@@ -2077,7 +2264,14 @@ ngx_http_matrix_pg_run(ngx_http_matrix_pg_query_t *q)
     if (q->leased) {
         pc = q->conn;
 
-        if (pc == NULL || pc->phase != NGX_HTTP_MATRIX_PG_NONE) {
+        if (pc == NULL) {
+            /* never quietly on another connection: that is no transaction */
+            ngx_http_matrix_pg_reply_later(q, NGX_HTTP_MATRIX_PG_LOST,
+                                           "the leased connection was lost");
+            return NGX_OK;
+        }
+
+        if (pc->phase != NGX_HTTP_MATRIX_PG_NONE) {
             return NGX_ERROR;
         }
 
@@ -2086,7 +2280,6 @@ ngx_http_matrix_pg_run(ngx_http_matrix_pg_query_t *q)
         if (ngx_http_matrix_pg_send(pc) != NGX_OK) {
             /* the statement never left: the owner hears of it later */
             q->running = 0;
-            q->leased = 0;
             q->conn = NULL;
             pc->q = NULL;
 
@@ -2236,13 +2429,14 @@ ngx_http_matrix_pg_listen(ngx_http_matrix_pg_t *pg, const char *channel,
         return NGX_OK;
     }
 
-    /* a new channel: a new LISTEN connection subscribes to them all */
+    /*
+     * A new channel: a new LISTEN connection subscribes to them all.  Not
+     * now: this may be called from a notification on the old one.
+     */
 
-    if (pg->listen_conn) {
-        ngx_http_matrix_pg_close(pg->listen_conn);
+    if (!pg->listen_resubscribe.posted) {
+        ngx_post_event(&pg->listen_resubscribe, &ngx_posted_events);
     }
-
-    pg->listen_conn = ngx_http_matrix_pg_connect(pg, 1);
 
     return NGX_OK;
 }

@@ -10,8 +10,12 @@
  *       &tx=1                             all on one leased connection
  *       &leave=1                          finish without releasing it
  *       &timeout=MS                       per statement
+ *       &pause=MS                         between statements
+ *       &noop=1                           release the lease unused
  *   matrix_pgtest_listen CHANNEL;         (http) notifications are kept
  *   location /notes { matrix_pgtest_notifications; }
+ *       a notification with the payload "subscribe" subscribes to
+ *       "late_channel" from inside the notification
  *   matrix_pgtest_timer 200ms "SQL";      (http) with no request at all
  */
 
@@ -50,6 +54,9 @@ typedef struct {
     ngx_uint_t                    leave;
     ngx_uint_t                    stmt;        /* 0, 1 sleep, 2 echo */
     ngx_msec_t                    timeout;
+    ngx_msec_t                    pause;
+    ngx_uint_t                    noop;
+    ngx_event_t                   pause_event;
     ngx_buf_t                    *out;
 } ngx_http_matrix_pgtest_ctx_t;
 
@@ -217,11 +224,30 @@ ngx_http_matrix_pgtest_done(ngx_http_matrix_pgtest_ctx_t *ctx)
 
 
 static void
+ngx_http_matrix_pgtest_pause_handler(ngx_event_t *ev)
+{
+    ngx_http_matrix_pgtest_ctx_t  *ctx = ev->data;
+
+    if (ngx_http_matrix_pgtest_next(ctx) != NGX_OK) {
+        ngx_http_matrix_pgtest_done(ctx);
+    }
+}
+
+
+static void
 ngx_http_matrix_pgtest_handler(ngx_http_matrix_pg_query_t *q)
 {
     ngx_http_matrix_pgtest_ctx_t  *ctx;
 
     ctx = q->data;
+
+    if (ctx->noop) {
+        ctx->out->last = ngx_slprintf(ctx->out->last, ctx->out->end,
+                                      "lease: %s, released unused\n",
+                                      ngx_http_matrix_pg_status_text(q->status));
+        ngx_http_matrix_pgtest_done(ctx);
+        return;
+    }
 
     if (ctx->tx && ctx->next == 0 && !q->leased
         && q->status == NGX_HTTP_MATRIX_PG_OK)
@@ -242,6 +268,14 @@ ngx_http_matrix_pgtest_handler(ngx_http_matrix_pg_query_t *q)
 
     if (q->status != NGX_HTTP_MATRIX_PG_OK || ctx->next >= ctx->nsql) {
         ngx_http_matrix_pgtest_done(ctx);
+        return;
+    }
+
+    if (ctx->pause && ctx->next > 0) {
+        ctx->pause_event.handler = ngx_http_matrix_pgtest_pause_handler;
+        ctx->pause_event.data = ctx;
+        ctx->pause_event.log = ctx->r->connection->log;
+        ngx_add_timer(&ctx->pause_event, ctx->pause);
         return;
     }
 
@@ -358,6 +392,20 @@ ngx_http_matrix_pgtest_content(ngx_http_request_t *r)
         ctx->timeout = ngx_atoi(v.data, v.len);
     }
 
+    if (ngx_http_matrix_pgtest_arg(r, "pause", &v) == NGX_OK) {
+        ctx->pause = ngx_atoi(v.data, v.len);
+    }
+
+    ctx->noop = (ngx_http_matrix_pgtest_arg(r, "noop", &v) == NGX_OK);
+
+    if (ctx->noop) {
+        ctx->tx = 1;
+        if (ctx->nsql == 0) {
+            ctx->nsql = 1;
+            ngx_str_set(&ctx->sql[0], "");
+        }
+    }
+
     if (ctx->nsql == 0) {
         return NGX_HTTP_BAD_REQUEST;
     }
@@ -447,6 +495,12 @@ ngx_http_matrix_pgtest_notify(void *data, const char *channel,
     note->data = p;
     note->len = (channel ? ngx_snprintf(p, 256, "%s:%s", channel, payload)
                          : ngx_snprintf(p, 256, "(re)subscribed")) - p;
+
+    if (channel && ngx_strcmp(payload, "subscribe") == 0) {
+        (void) ngx_http_matrix_pg_listen(
+                   ngx_http_matrix_pgtest_pg((ngx_cycle_t *) ngx_cycle),
+                   "late_channel", ngx_http_matrix_pgtest_notify, tmcf);
+    }
 }
 
 
