@@ -405,3 +405,25 @@ location /t { return 204; }
 --- request
 GET /t
 --- error_code: 204
+
+
+
+=== TEST 34: matrix_postgres: service= would look things up while serving
+--- http_config
+matrix_postgres "service=chat";
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_postgres: "service=chat" is not supported, write its parameters out/
+
+
+
+=== TEST 35: matrix_postgres: an IPv6 host literal is an address, not a name
+--- http_config
+matrix_postgres "host=::1 port=1 dbname=x user=x" timeout=100ms;
+--- config
+location /t { return 204; }
+--- request
+GET /t
+--- error_code: 204
