@@ -19,7 +19,11 @@ conninfo="host=$pgdir dbname=chat user=postgres"
 
 # initdb and postgres refuse root: as root they run as "postgres"
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- env -C / "$@"
+    else
+        "$@"
+    fi
 }
 
 stop() {
@@ -29,8 +33,10 @@ stop() {
     if [ -f $run/silo.pid ] && kill -0 "$(cat $run/silo.pid)" 2>/dev/null; then
         kill "$(cat $run/silo.pid)"
     fi
-    if [ -f $pgdir/data/postmaster.pid ]; then
-        as_pg $pgbin/pg_ctl -D $pgdir/data -m fast -w stop >/dev/null || true
+    local real
+    real=$(readlink -f $pgdir || true)
+    if [ -n "$real" ] && [ -f $real/data/postmaster.pid ]; then
+        as_pg $pgbin/pg_ctl -D $real/data -m fast -w stop >/dev/null || true
     fi
     rm -f $run/silo.pid
 }
@@ -58,8 +64,12 @@ if [ ! -e $pgdir ]; then
     fi
 fi
 
+# the server is given the real path: the link may be out of its reach
+pgdir=$(readlink -f $pgdir)
+conninfo="host=$pgdir dbname=chat user=postgres"
+
 if [ "$(id -u)" = 0 ]; then
-    chown postgres:postgres "$(readlink -f $pgdir)"
+    chown postgres:postgres $pgdir
 fi
 
 if [ ! -f $pgdir/data/PG_VERSION ]; then
@@ -68,7 +78,7 @@ if [ ! -f $pgdir/data/PG_VERSION ]; then
         --locale=C.UTF-8 >$run/logs/initdb.log
     cat >>$pgdir/data/postgresql.conf <<EOF
 listen_addresses = ''
-unix_socket_directories = '$(readlink -f $pgdir)'
+unix_socket_directories = '$pgdir'
 unix_socket_permissions = 0777
 EOF
 fi
