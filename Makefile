@@ -70,8 +70,10 @@ $(NGX_BUILD)/.configured: $(NGINX_SRC)/configure config t/pgtest/config \
 $(BUILD)/ngx_http_matrix_module.so: $(NGX_BUILD)/.configured $(MODULE_SRCS) \
         $(wildcard t/pgtest/*.c)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_http_matrix_module.so $@
-	cp $(NGX_BUILD)/objs/ngx_http_matrix_pgtest_module.so $(BUILD)/
+	@# a new file, not the old one rewritten: a running nginx has it mapped
+	cp $(NGX_BUILD)/objs/ngx_http_matrix_module.so $@.tmp && mv $@.tmp $@
+	cp $(NGX_BUILD)/objs/ngx_http_matrix_pgtest_module.so $(BUILD)/pgtest.tmp \
+	    && mv $(BUILD)/pgtest.tmp $(BUILD)/ngx_http_matrix_pgtest_module.so
 
 $(BUILD)/core/%.o: src/core/%.c $(CORE_HDRS)
 	@mkdir -p $(dir $@)

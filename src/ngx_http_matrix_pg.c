@@ -1538,11 +1538,13 @@ ngx_http_matrix_pg_get(ngx_http_matrix_pg_t *pg)
         qu = ngx_queue_head(&pg->free);
         pc = ngx_queue_data(qu, ngx_http_matrix_pg_conn_t, queue);
 
-        /* what the server said while it idled: most likely goodbye */
+        /*
+         * What the server says to an idle connection (most likely
+         * goodbye) is read by the read handler, level-triggered; not
+         * read again here, which would cost every statement a read.
+         */
 
-        if (!PQconsumeInput(pc->conn)
-            || PQstatus(pc->conn) != CONNECTION_OK)
-        {
+        if (PQstatus(pc->conn) != CONNECTION_OK) {
             ngx_http_matrix_pg_lost(pc, PQerrorMessage(pc->conn));
             continue;
         }
