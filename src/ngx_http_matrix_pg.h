@@ -7,7 +7,8 @@
  * that started it.  Run without a lease, a statement takes any free
  * connection and gives it back when done; a query that acquires a lease
  * keeps its connection across statements (a transaction) until it
- * releases it.  A query is created on a pool (a request's, say): when
+ * releases it.  Should that connection die, every later statement on the
+ * lease fails (never quietly runs elsewhere) until the lease is released.  A query is created on a pool (a request's, say): when
  * that pool goes, the query is abandoned and any lease it held returned,
  * rolled back first if a transaction was left open.
  */
