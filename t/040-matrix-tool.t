@@ -414,6 +414,193 @@ sub verify {
 }
 
 
+# ---------------------------------------------------------------- x-matrix
+
+# vectors.json x_matrix_request_signing_derived: the spec's key signs
+my $XM_GET_URI = '/_matrix/federation/v1/query/profile'
+                 . '?user_id=%40alice%3Aremote&field=displayname';
+my $XM_GET_SIG = 'K+gI4o7RU3qxuH+0isGOhFR+ObA/nlZcL0YUf6t5WjEze1ZRxezG9nrt'
+                 . '2f1KMw9Bz+q0OxY9i/fAMbQfTHC+Dg';
+my $XM_PUT_SIG = 'y4NBl7OlEjEQowFyDkRKeRPbPzKkRXc+mSO25azvisfEZDZsnO3tdpIh'
+                 . 'fvCM++SX9QcdAdrmUCUEoJfY4nAIAw';
+
+sub x_matrix {
+    my ($in, %o) = @_;
+
+    return tool(['x-matrix', '--key', $o{key} // $spec_key,
+                 '--origin', $o{origin} // 'domain',
+                 '--destination', $o{destination} // 'remote',
+                 '--method', $o{method} // 'GET',
+                 '--uri', $o{uri} // $XM_GET_URI], $in);
+}
+
+sub x_matrix_is {
+    my ($in, $sig, $name, %o) = @_;
+    my ($rc, $out, $err) = x_matrix($in, %o);
+
+    ok($rc eq '0' && $err eq ''
+       && $out eq qq(X-Matrix origin="domain",destination="remote",)
+                  . qq(key="ed25519:1",sig="$sig"\n), $name)
+        or diag("exit $rc, stdout: $out, stderr: $err");
+}
+
+# refused: exit $code, nothing on stdout, $err_re on stderr
+sub x_matrix_fails {
+    my ($in, $code, $err_re, $name, @args) = @_;
+    my ($rc, $out, $err) = tool(['x-matrix', @args], $in);
+
+    ok($rc eq $code && $out eq '' && $err =~ /\Amatrix-tool: / && $err =~ $err_re,
+       $name)
+        or diag("exit $rc, stdout: $out, stderr: $err");
+}
+
+x_matrix_is('', $XM_GET_SIG, 'x-matrix: GET without a body, as in the vectors');
+x_matrix_is(" \n\t\r\n", $XM_GET_SIG, 'x-matrix: a blank stdin is no body');
+x_matrix_is(qq({ "pdus": [], "origin_server_ts": 1000000,\n  "edus": [], )
+            . qq("origin": "domain" }\n), $XM_PUT_SIG,
+            'x-matrix: PUT with a body in any order and spacing, as in the '
+            . 'vectors', method => 'PUT', uri => '/_matrix/federation/v1/send/1234');
+
+{
+    my ($rc, $out) = x_matrix('{}');
+    ok($rc eq '0' && $out =~ /sig="[A-Za-z0-9+\/]{86}"\n\z/
+       && $out !~ /\Q$XM_GET_SIG\E/,
+       'x-matrix: a body of {} is signed as content, unlike no body');
+
+    my @spec = ('--key', $spec_key, '--origin', 'domain',
+                '--destination', 'remote');
+
+    x_matrix_fails('{"a":1.5}', 1, qr/stdin: .*fraction/,
+                   'x-matrix: a body is parsed strictly (1.5 refused)',
+                   @spec, '--method', 'PUT', '--uri', '/x');
+    x_matrix_fails('{"a":', 1, qr/stdin: /,
+                   'x-matrix: a body that is not JSON is exit 1',
+                   @spec, '--method', 'PUT', '--uri', '/x');
+    x_matrix_fails('', 1, qr/method/, 'x-matrix: a method with a space is exit 1',
+                   @spec, '--method', 'G T', '--uri', '/x');
+    x_matrix_fails('', 1, qr/does not start with "\/"/,
+                   'x-matrix: an absolute URI is exit 1',
+                   @spec, '--method', 'GET', '--uri', 'https://remote/x');
+    x_matrix_fails('', 1, qr/visible ASCII/,
+                   'x-matrix: a URI with a space is exit 1',
+                   @spec, '--method', 'GET', '--uri', '/a b');
+    x_matrix_fails('', 1, qr/origin is not a server name/,
+                   'x-matrix: an origin that is not a server name is exit 1',
+                   '--key', $spec_key, '--origin', 'a b', '--destination',
+                   'remote', '--method', 'GET', '--uri', '/x');
+    x_matrix_fails('', 1, qr/destination is not a server name/,
+                   'x-matrix: an empty destination is exit 1',
+                   '--key', $spec_key, '--origin', 'domain', '--destination',
+                   '', '--method', 'GET', '--uri', '/x');
+    x_matrix_fails('', 1, qr/cannot open .*missing\.key/,
+                   'x-matrix: a missing key file is exit 1',
+                   '--key', "$dir/missing.key", '--origin', 'domain',
+                   '--destination', 'remote', '--method', 'GET', '--uri', '/x');
+    x_matrix_fails('', 2, qr/--uri are required.*\nusage: matrix-tool x-matrix /,
+                   'x-matrix: without --uri is a usage error (exit 2)',
+                   @spec, '--method', 'GET');
+    x_matrix_fails('', 2, qr/unexpected argument "extra"/,
+                   'x-matrix: an operand is a usage error (exit 2)',
+                   @spec, '--method', 'GET', '--uri', '/x', 'extra');
+
+    ($rc, $out) = tool(['x-matrix', '--help']);
+    ok($rc eq '0' && $out =~ /\Ausage: matrix-tool x-matrix --key FILE /,
+       'x-matrix --help is exit 0 with its usage on stdout');
+}
+
+# signedjson, given the header, the request and the public key, checks
+# the signature over {"method", "uri", "origin", "destination", "content"}
+{
+    my ($prc, undef, $perr) = python('import signedjson.key, signedjson.sign', '');
+
+    SKIP: {
+        skip "no python3-signedjson: $perr", 1 if $prc != 0;
+
+        my $xm_key = "$dir/xm.key";
+        my (undef, $kout) = tool(['keygen', '--version', 'xm', $xm_key]);
+        my ($pub) = $kout =~ /\Aed25519:xm (\S+)\n\z/;
+        $pub //= 'none';
+
+        my @requests = (
+            ['GET', $XM_GET_URI, 'hs.example', 'remote.example', undef],
+            ['PUT', '/_matrix/federation/v1/send/t%2F1?a=b&c=%22&d',
+             'a.example:8448', '[2001:db8::1]:8448',
+             '{"pdus":[{"content":{"body":"h\u00e9llo \ud83d\ude00 \"q\"",'
+             . '"n":[1,-2,{"x":null,"":true}]}}],"edus":[],'
+             . '"origin":"a.example:8448","origin_server_ts":1700000000000}'],
+            ['POST', '/_matrix/federation/v1/user/keys/query', '127.0.0.1:8448',
+             'b.example', ' {"device_keys" : {"@u:b.example" : [ ]}} '],
+            ['PUT', '/_matrix/federation/v2/invite/!r:a/$e', 'hs.example',
+             'b.example', '[1,"two",{}]'],
+        );
+
+        my @checks;
+        for my $r (@requests) {
+            my ($method, $uri, $origin, $destination, $body) = @$r;
+            my ($rc, $out, $err) = tool(['x-matrix', '--key', $xm_key,
+                '--origin', $origin, '--destination', $destination,
+                '--method', $method, '--uri', $uri], $body // '');
+
+            push @checks, { header => $out, method => $method, uri => $uri,
+                            destination => $destination, body => $body,
+                            want => 'ok', tool => "exit $rc $err" };
+        }
+
+        # the same header for another request must not verify
+        push @checks, { %{$checks[1]}, uri => $checks[1]{uri} . 'x',
+                        want => 'fail' };
+        push @checks, { %{$checks[2]}, body => undef, want => 'fail' };
+        push @checks, { %{$checks[0]}, destination => 'other.example',
+                        want => 'fail' };
+
+        my ($rc, $out, $err) = python(<<'PY', JSON::PP->new->encode(\@checks), $pub);
+import json, re, sys
+import signedjson.key, signedjson.sign
+from unpaddedbase64 import decode_base64
+vk = signedjson.key.decode_verify_key_bytes("ed25519:xm",
+                                            decode_base64(sys.argv[1]))
+for c in json.loads(sys.stdin.read()):
+    m = re.fullmatch(r'X-Matrix (.*)\n', c["header"])
+    if not m:
+        print("no header: %r" % c["header"])
+        continue
+    p = dict(re.findall(r'([a-z]+)="([^"\\]*)"(?:,|$)', m.group(1)))
+    req = {"method": c["method"], "uri": c["uri"], "origin": p.get("origin"),
+           "destination": c["destination"],
+           "signatures": {p.get("origin"): {p.get("key"): p.get("sig")}}}
+    if c["body"] is not None:
+        req["content"] = json.loads(c["body"])
+    try:
+        assert sorted(p) == ["destination", "key", "origin", "sig"], p
+        assert p["key"] == "ed25519:xm", p
+        signedjson.sign.verify_signed_json(req, p["origin"], vk)
+        print("ok")
+    except Exception as e:
+        print("fail: %r" % e)
+PY
+
+        my @got = split /\n/, $out;
+
+        subtest 'x-matrix: signedjson verifies the header over the request'
+                => sub {
+            plan tests => scalar @checks;
+
+            for my $i (0 .. $#checks) {
+                my $c = $checks[$i];
+                my $got = $got[$i] // 'missing';
+                my $what = "$c->{method} $c->{uri} to $c->{destination}, "
+                           . (defined $c->{body} ? 'a body' : 'no body');
+
+                ok($c->{want} eq 'ok' ? $got eq 'ok' : $got =~ /\Afail: /,
+                   ($c->{want} eq 'ok' ? 'verifies: ' : 'does not verify: ')
+                   . $what)
+                    or diag("python: $got; tool: $c->{tool}; stderr: $err");
+            }
+        };
+    }
+}
+
+
 # ---------------------------------------------------------------- bad input
 
 {

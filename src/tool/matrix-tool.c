@@ -21,6 +21,7 @@
 #include "mx_core.h"
 #include "mx_event.h"
 #include "mx_auth.h"
+#include "mx_xmatrix.h"
 
 #include "matrix_migrations.h"
 
@@ -129,6 +130,8 @@ static int mx_tool_auth_check(const mx_tool_cmd_t *cmd, int argc,
     char **argv);
 static int mx_tool_migrate(const mx_tool_cmd_t *cmd, int argc,
     char **argv);
+static int mx_tool_x_matrix(const mx_tool_cmd_t *cmd, int argc,
+    char **argv);
 static int mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv);
 
 static int mx_tool_options(const mx_tool_cmd_t *cmd, int argc, char **argv,
@@ -150,6 +153,7 @@ static int mx_tool_read_fd(int fd, const char *what, size_t max,
 static int mx_tool_read_keys(const char *path, mx_signing_key_t *keys,
     size_t *n);
 static json_t *mx_tool_read_json(int flags);
+static int mx_tool_read_body(json_t **body);
 static int mx_tool_write(const void *p, size_t n);
 static int mx_tool_write_canonical(const json_t *v);
 static int mx_tool_print_key(const mx_signing_key_t *key);
@@ -243,6 +247,14 @@ static const mx_tool_cmd_t  mx_tool_cmds[] = {
       "--print the SQL that would be applied, for applying it by hand;\n"
       "neither changes anything.  --print needs no CONNINFO: without\n"
       "one it prints every migration, with one only the pending ones." },
+
+    { "x-matrix", mx_tool_x_matrix,
+      "--key FILE --origin NAME --destination NAME --method M --uri URI",
+      "print the Authorization header value of a federation request from\n"
+      "ORIGIN to DESTINATION, signed with the first key in FILE.  URI is\n"
+      "the request target as sent (path and query); the JSON body, if\n"
+      "any, is on stdin (empty, blank or a terminal: no body).  For\n"
+      "curl -H \"Authorization: $(matrix-tool x-matrix ... < body.json)\"." },
 
     { "help", mx_tool_help,
       "[COMMAND]",
@@ -1082,6 +1094,99 @@ mx_tool_help(const mx_tool_cmd_t *cmd, int argc, char **argv)
 
 
 /*
+ * The Authorization header of a federation request (mx_xmatrix_sign()),
+ * for curl and for tests.
+ */
+static int
+mx_tool_x_matrix(const mx_tool_cmd_t *cmd, int argc, char **argv)
+{
+    int                    rc, first;
+    size_t                 n;
+    json_t                *body;
+    mx_buf_t               header;
+    mx_err_t               err;
+    const char            *key_file, *origin, *destination, *method, *uri;
+    mx_tool_opt_t          opts[] = {
+        { "--key", &key_file, NULL, NULL },
+        { "--origin", &origin, NULL, NULL },
+        { "--destination", &destination, NULL, NULL },
+        { "--method", &method, NULL, NULL },
+        { "--uri", &uri, NULL, NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+    mx_signing_key_t       keys[MX_TOOL_MAX_KEYS];
+    mx_xmatrix_request_t   req;
+
+    key_file = NULL;
+    origin = NULL;
+    destination = NULL;
+    method = NULL;
+    uri = NULL;
+
+    rc = mx_tool_options(cmd, argc, argv, opts, &first);
+    if (rc != MX_OK) {
+        return rc == MX_TOOL_HELP ? MX_TOOL_EXIT_OK : MX_TOOL_EXIT_USAGE;
+    }
+
+    rc = mx_tool_no_operands(cmd, argc, argv, first);
+    if (rc != MX_TOOL_EXIT_OK) {
+        return rc;
+    }
+
+    if (key_file == NULL || origin == NULL || destination == NULL
+        || method == NULL || uri == NULL)
+    {
+        return mx_tool_usage_error(cmd, "--key, --origin, --destination, "
+                                   "--method and --uri are required");
+    }
+
+    if (mx_tool_read_keys(key_file, keys, &n) != MX_OK) {
+        return MX_TOOL_EXIT_FAIL;
+    }
+
+    rc = MX_TOOL_EXIT_FAIL;
+    body = NULL;
+    mx_buf_init(&header);
+
+    if (mx_tool_read_body(&body) != MX_OK) {
+        goto done;
+    }
+
+    req.method = method;
+    req.method_len = strlen(method);
+    req.uri = uri;
+    req.uri_len = strlen(uri);
+    req.origin = origin;
+    req.origin_len = strlen(origin);
+    req.destination = destination;
+    req.destination_len = strlen(destination);
+    req.content = body;
+
+    if (mx_xmatrix_sign(&req, &keys[0], &header, &err) != MX_OK) {
+        mx_tool_error("%s", err.msg);
+        goto done;
+    }
+
+    if (mx_buf_append(&header, "\n", 1) == MX_OK
+        && mx_tool_write(header.data, header.len) == MX_OK)
+    {
+        rc = MX_TOOL_EXIT_OK;
+    }
+
+done:
+
+    sodium_memzero(keys, sizeof(keys));
+    mx_buf_free(&header);
+
+    if (body) {
+        json_decref(body);
+    }
+
+    return rc;
+}
+
+
+/*
  * Options come before operands, as "--name value", "--name=value" or
  * a bare "--flag"; "--" ends them.  *first gets the first operand.  An
  * option with a list collects every occurrence, others keep the last.
@@ -1343,6 +1448,61 @@ mx_tool_read_json(int flags)
     }
 
     return v;
+}
+
+
+/*
+ * A request body on stdin, strictly parsed like everything we sign; no
+ * body (*body NULL) when stdin is a terminal or holds only whitespace.
+ */
+static int
+mx_tool_read_body(json_t **body)
+{
+    int             rc;
+    size_t          i;
+    mx_buf_t        buf;
+    mx_err_t        err;
+    unsigned char   c;
+
+    *body = NULL;
+
+    if (isatty(STDIN_FILENO)) {
+        return MX_OK;
+    }
+
+    mx_buf_init(&buf);
+
+    if (mx_tool_read_fd(STDIN_FILENO, "stdin", MX_TOOL_STDIN_MAX, &buf)
+        != MX_OK)
+    {
+        mx_buf_free(&buf);
+        return MX_ERROR;
+    }
+
+    /* JSON's insignificant whitespace only: no body */
+    for (i = 0; i < buf.len; i++) {
+        c = buf.data[i];
+
+        if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
+            break;
+        }
+    }
+
+    rc = MX_OK;
+
+    if (i < buf.len) {
+        *body = mx_json_parse((char *) buf.data, buf.len, MX_JSON_STRICT,
+                              &err);
+
+        if (*body == NULL) {
+            mx_tool_error("stdin: %s", err.msg);
+            rc = MX_ERROR;
+        }
+    }
+
+    mx_buf_free(&buf);
+
+    return rc;
 }
 
 
