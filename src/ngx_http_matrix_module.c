@@ -11,6 +11,7 @@
 #include "ngx_http_matrix_router.h"
 #include "ngx_http_matrix_keys.h"
 #include "ngx_http_matrix_pg.h"
+#include "ngx_http_matrix_http.h"
 
 #include <mx_ids.h>
 
@@ -130,6 +131,27 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_matrix_main_conf_t, migrate),
+      NULL },
+
+    { ngx_string("matrix_federation_resolver"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_matrix_http_resolver,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_federation_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_http_trusted_certificate,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_federation_allow_ip"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_http_allow_ip,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("matrix_silo_api"),
@@ -478,7 +500,15 @@ ngx_http_matrix_init_process(ngx_cycle_t *cycle)
 
     mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
 
-    if (mmcf == NULL || mmcf->pg == NULL) {
+    if (mmcf == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_matrix_http_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mmcf->pg == NULL) {
         return NGX_OK;
     }
 
@@ -495,6 +525,10 @@ ngx_http_matrix_exit_process(ngx_cycle_t *cycle)
 
     if (mmcf && mmcf->pg) {
         ngx_http_matrix_pg_exit_process(mmcf->pg);
+    }
+
+    if (mmcf) {
+        ngx_http_matrix_http_exit_process(cycle);
     }
 }
 
@@ -555,6 +589,10 @@ ngx_http_matrix_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_value(mmcf->migrate, 1);
+
+    if (ngx_http_matrix_http_init_conf(cf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (mmcf->pg == NULL) {
         return NGX_CONF_OK;

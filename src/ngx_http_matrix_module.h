@@ -25,6 +25,7 @@ typedef struct ngx_http_matrix_route_s       ngx_http_matrix_route_t;
 typedef struct ngx_http_matrix_route_node_s  ngx_http_matrix_route_node_t;
 typedef struct ngx_http_matrix_key_doc_s     ngx_http_matrix_key_doc_t;
 typedef struct ngx_http_matrix_pg_s          ngx_http_matrix_pg_t;
+typedef struct ngx_http_matrix_http_conf_s   ngx_http_matrix_http_conf_t;
 
 
 typedef struct {
@@ -44,6 +45,8 @@ typedef struct {
 
     ngx_url_t                      *silo_api;       /* "matrix_silo_api" */
     ngx_str_t                       silo_api_token;
+
+    ngx_http_matrix_http_conf_t    *http;           /* federation client */
 } ngx_http_matrix_main_conf_t;
 
 

@@ -47,7 +47,7 @@ daemon off;
 master_process on;
 worker_processes $workers;
 $user
-error_log $self->{dir}/logs/error.log @{[ $o{log_level} // 'info' ]};
+error_log $self->{dir}/logs/error.log @{[ $o{log_level} // $ENV{MATRIX_NGINX_LOG_LEVEL} // 'info' ]};
 pid $self->{dir}/logs/nginx.pid;
 events { worker_connections 1024; }
 

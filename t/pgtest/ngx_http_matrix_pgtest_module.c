@@ -1,7 +1,8 @@
 /*
- * Test-only: ngx_http_matrix_module's Postgres pool, driven by requests
- * and timers, so that the tests can reach every part of its interface.
- * Loaded after ngx_http_matrix_module, whose symbols it uses.
+ * Test-only: ngx_http_matrix_module's Postgres pool and federation HTTP
+ * client, driven by requests and timers, so that the tests can reach
+ * every part of their interfaces.  Loaded after ngx_http_matrix_module,
+ * whose symbols it uses.
  *
  *   location /sql { matrix_pgtest; }
  *       ?sql=..&sql2=..&sql3=..&sql4=..   statements, in order
@@ -17,6 +18,11 @@
  *       a notification with the payload "subscribe" subscribes to
  *       "late_channel" from inside the notification
  *   matrix_pgtest_timer 200ms "SQL";      (http) with no request at all
+ *
+ *   location /fetch { matrix_httptest; }
+ *       ?host=..&port=..&tls=0|1&tls_name=..&host_header=..
+ *       &method=..&uri=..&body=..&max=BYTES&timeout=MS
+ *       answers "status: N\nerror: ..\ncontent-type: ..\n\nBODY"
  */
 
 
@@ -26,6 +32,7 @@
 
 #include "ngx_http_matrix_module.h"
 #include "ngx_http_matrix_pg.h"
+#include "ngx_http_matrix_http.h"
 
 
 typedef struct {
@@ -65,6 +72,8 @@ static char *ngx_http_matrix_pgtest(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_pgtest_notifications(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_matrix_httptest(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_matrix_pgtest_listen(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_pgtest_timer(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -84,6 +93,11 @@ static ngx_command_t  ngx_http_matrix_pgtest_commands[] = {
     { ngx_string("matrix_pgtest_notifications"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_matrix_pgtest_notifications,
+      0, 0, NULL },
+
+    { ngx_string("matrix_httptest"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_httptest,
       0, 0, NULL },
 
     { ngx_string("matrix_pgtest_listen"),
@@ -627,6 +641,104 @@ ngx_http_matrix_pgtest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_matrix_pgtest_content;
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_matrix_httptest_done(ngx_http_matrix_http_req_t *hr)
+{
+    ngx_int_t            rc;
+    ngx_buf_t           *b;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = hr->data;
+    c = r->connection;
+
+    b = ngx_create_temp_buf(r->pool, 256 + hr->error.len
+                                     + hr->content_type.len
+                                     + hr->response.len);
+    if (b == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    b->last = ngx_sprintf(b->last, "status: %ui\nerror: %V\n"
+                          "content-type: %V\n\n%V",
+                          hr->status, &hr->error, &hr->content_type,
+                          &hr->response);
+
+    rc = ngx_http_matrix_pgtest_send(r, b);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_httptest_content(ngx_http_request_t *r)
+{
+    ngx_str_t                    v;
+    ngx_http_matrix_http_req_t  *hr;
+
+    hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle, r->pool,
+                                     r->connection->log);
+    if (hr == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    (void) ngx_http_matrix_pgtest_arg(r, "host", &hr->host);
+    (void) ngx_http_matrix_pgtest_arg(r, "tls_name", &hr->tls_name);
+    (void) ngx_http_matrix_pgtest_arg(r, "host_header", &hr->host_header);
+    (void) ngx_http_matrix_pgtest_arg(r, "body", &hr->body);
+
+    if (ngx_http_matrix_pgtest_arg(r, "uri", &hr->uri) != NGX_OK) {
+        ngx_str_set(&hr->uri, "/");
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "method", &v) == NGX_OK) {
+        hr->method = v;
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "port", &v) == NGX_OK) {
+        hr->port = (in_port_t) ngx_atoi(v.data, v.len);
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "tls", &v) == NGX_OK) {
+        hr->tls = (v.len == 1 && v.data[0] == '1');
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "max", &v) == NGX_OK) {
+        hr->max_response = ngx_atoi(v.data, v.len);
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "timeout", &v) == NGX_OK) {
+        hr->timeout = ngx_atoi(v.data, v.len);
+    }
+
+    hr->handler = ngx_http_matrix_httptest_done;
+    hr->data = r;
+
+    if (ngx_http_matrix_http_send(hr) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static char *
+ngx_http_matrix_httptest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_matrix_httptest_content;
 
     return NGX_CONF_OK;
 }
