@@ -31,7 +31,7 @@ DEB_PACKAGES := build-essential nginx nginx-dev libjansson-dev libsodium-dev \
                 libtest-base-perl libtext-diff-perl liburi-perl libwww-perl \
                 libipc-run-perl python3-signedjson python3-canonicaljson \
                 python3-aiohttp python3-asyncpg python3-markdown python3-bleach \
-                python3-dnslib wrk curl openssl postgresql
+                python3-dnslib bind9-dnsutils wrk curl openssl postgresql
 
 .PHONY: all module tool deps test demo demo-stop bench clean
 

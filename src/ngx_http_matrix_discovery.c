@@ -20,15 +20,18 @@ ngx_http_matrix_route_t  ngx_http_matrix_discovery_routes[] = {
 
     { NGX_HTTP_GET,
       ngx_string("/.well-known/matrix/server"),
-      ngx_http_matrix_well_known_server },
+      ngx_http_matrix_well_known_server,
+      0 },
 
     { NGX_HTTP_GET,
       ngx_string("/.well-known/matrix/client"),
-      ngx_http_matrix_well_known_client },
+      ngx_http_matrix_well_known_client,
+      0 },
 
     { NGX_HTTP_GET,
       ngx_string("/_matrix/federation/v1/version"),
-      ngx_http_matrix_federation_version },
+      ngx_http_matrix_federation_version,
+      0 },
 
       ngx_http_matrix_null_route
 };

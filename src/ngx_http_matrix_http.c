@@ -88,6 +88,8 @@ struct ngx_http_matrix_http_conn_s {
     ngx_uint_t                        status;
     ngx_str_t                         content_type;
     ngx_str_t                         location;
+    ngx_str_t                         cache_control;
+    ngx_str_t                         expires;
 
     ngx_uint_t                        chunk_digits;
 
@@ -363,6 +365,22 @@ ngx_http_matrix_http_exit_process(ngx_cycle_t *cycle)
         hc = ngx_queue_data(q, ngx_http_matrix_http_conn_t, queue);
         ngx_http_matrix_http_close(hc);
     }
+}
+
+
+ngx_resolver_t *
+ngx_http_matrix_http_get_resolver(ngx_cycle_t *cycle, ngx_msec_t *timeout)
+{
+    ngx_http_matrix_http_conf_t  *hcf;
+
+    hcf = ngx_http_matrix_http_cycle_conf(cycle);
+    if (hcf == NULL) {
+        return NULL;
+    }
+
+    *timeout = hcf->resolver_timeout;
+
+    return hcf->resolver;
 }
 
 
@@ -892,6 +910,41 @@ ngx_http_matrix_http_connected(ngx_http_matrix_http_conn_t *hc)
 }
 
 
+/*
+ * The spec asks a certificate valid for the IP address when the server
+ * name is an IP literal; ngx_ssl_check_host() matches DNS names only.
+ */
+
+static ngx_int_t
+ngx_http_matrix_http_check_name(ngx_connection_t *c, ngx_str_t *name)
+{
+    int        rc;
+    X509      *cert;
+    ngx_addr_t addr;
+    u_char     text[NGX_SOCKADDR_STRLEN + 1];
+
+    if (ngx_parse_addr(c->pool, &addr, name->data, name->len) != NGX_OK) {
+        return ngx_ssl_check_host(c, name);
+    }
+
+    if (name->len > NGX_SOCKADDR_STRLEN) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(text, name->data, name->len) = '\0';
+
+    cert = SSL_get_peer_certificate(c->ssl->connection);
+    if (cert == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = X509_check_ip_asc(cert, (char *) text, 0);
+    X509_free(cert);
+
+    return (rc == 1) ? NGX_OK : NGX_ERROR;
+}
+
+
 static void
 ngx_http_matrix_http_handshake(ngx_connection_t *c)
 {
@@ -924,7 +977,7 @@ ngx_http_matrix_http_handshake(ngx_connection_t *c)
         return;
     }
 
-    if (ngx_ssl_check_host(c, &hc->tls_name) != NGX_OK) {
+    if (ngx_http_matrix_http_check_name(c, &hc->tls_name) != NGX_OK) {
         (void) ngx_snprintf(hc->hr->errbuf, sizeof(hc->hr->errbuf) - 1,
                             "the certificate of %V is not for \"%V\"%Z",
                             &hc->addr_text, &hc->tls_name);
@@ -1017,6 +1070,8 @@ ngx_http_matrix_http_request_bytes(ngx_http_matrix_http_conn_t *hc)
     hc->got_bytes = 0;
     ngx_str_null(&hc->content_type);
     ngx_str_null(&hc->location);
+    ngx_str_null(&hc->cache_control);
+    ngx_str_null(&hc->expires);
 
     return NGX_OK;
 }
@@ -1339,6 +1394,19 @@ ngx_http_matrix_http_parse_headers(ngx_http_matrix_http_conn_t *hc)
         {
             hc->location.data = v;
             hc->location.len = ve - v;
+
+        } else if (nlen == sizeof("Cache-Control") - 1
+                   && ngx_strncasecmp(line, (u_char *) "Cache-Control", nlen)
+                      == 0)
+        {
+            hc->cache_control.data = v;
+            hc->cache_control.len = ve - v;
+
+        } else if (nlen == sizeof("Expires") - 1
+                   && ngx_strncasecmp(line, (u_char *) "Expires", nlen) == 0)
+        {
+            hc->expires.data = v;
+            hc->expires.len = ve - v;
         }
 
         line = eol + 2;
@@ -1612,6 +1680,17 @@ ngx_http_matrix_http_done(ngx_http_matrix_http_conn_t *hc)
     if (hc->location.len) {
         hr->location.data = ngx_pstrdup(hr->pool, &hc->location);
         hr->location.len = hr->location.data ? hc->location.len : 0;
+    }
+
+    if (hc->cache_control.len) {
+        hr->cache_control.data = ngx_pstrdup(hr->pool, &hc->cache_control);
+        hr->cache_control.len = hr->cache_control.data
+                                ? hc->cache_control.len : 0;
+    }
+
+    if (hc->expires.len) {
+        hr->expires.data = ngx_pstrdup(hr->pool, &hc->expires);
+        hr->expires.len = hr->expires.data ? hc->expires.len : 0;
     }
 
     hr->peer = ngx_palloc(hr->pool, hc->socklen);

@@ -53,6 +53,8 @@ struct ngx_http_matrix_http_req_s {
     ngx_str_t                         response;      /* the body */
     ngx_str_t                         content_type;
     ngx_str_t                         location;
+    ngx_str_t                         cache_control;
+    ngx_str_t                         expires;
     struct sockaddr                  *peer;          /* who answered */
     socklen_t                         peer_len;
 
@@ -94,6 +96,10 @@ ngx_http_matrix_http_req_t *ngx_http_matrix_http_create(ngx_cycle_t *cycle,
     ngx_pool_t *pool, ngx_log_t *log);
 ngx_int_t ngx_http_matrix_http_send(ngx_http_matrix_http_req_t *hr);
 void ngx_http_matrix_http_abandon(ngx_http_matrix_http_req_t *hr);
+
+/* for server discovery's SRV lookups: NULL without a resolver */
+ngx_resolver_t *ngx_http_matrix_http_get_resolver(ngx_cycle_t *cycle,
+    ngx_msec_t *timeout);
 
 /* the SSRF guard: NULL if allowed, else why not */
 const char *ngx_http_matrix_http_forbidden(ngx_http_matrix_http_conf_t *conf,

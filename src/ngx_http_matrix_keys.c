@@ -38,12 +38,14 @@ ngx_http_matrix_route_t  ngx_http_matrix_keys_routes[] = {
 
     { NGX_HTTP_GET,
       ngx_string("/_matrix/key/v2/server"),
-      ngx_http_matrix_key_server_handler },
+      ngx_http_matrix_key_server_handler,
+      0 },
 
     /* deprecated by the spec, still asked for by older servers */
     { NGX_HTTP_GET,
       ngx_string("/_matrix/key/v2/server/{keyId}"),
-      ngx_http_matrix_key_server_handler },
+      ngx_http_matrix_key_server_handler,
+      0 },
 
       ngx_http_matrix_null_route
 };

@@ -12,6 +12,7 @@
 #include "ngx_http_matrix_keys.h"
 #include "ngx_http_matrix_pg.h"
 #include "ngx_http_matrix_http.h"
+#include "ngx_http_matrix_remote_keys.h"
 
 #include <mx_ids.h>
 
@@ -508,6 +509,10 @@ ngx_http_matrix_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_matrix_remote_keys_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (mmcf->pg == NULL) {
         return NGX_OK;
     }
@@ -528,6 +533,7 @@ ngx_http_matrix_exit_process(ngx_cycle_t *cycle)
     }
 
     if (mmcf) {
+        ngx_http_matrix_remote_keys_exit_process(cycle);
         ngx_http_matrix_http_exit_process(cycle);
     }
 }

@@ -26,6 +26,7 @@ typedef struct ngx_http_matrix_route_node_s  ngx_http_matrix_route_node_t;
 typedef struct ngx_http_matrix_key_doc_s     ngx_http_matrix_key_doc_t;
 typedef struct ngx_http_matrix_pg_s          ngx_http_matrix_pg_t;
 typedef struct ngx_http_matrix_http_conf_s   ngx_http_matrix_http_conf_t;
+typedef struct ngx_http_matrix_dest_conf_s   ngx_http_matrix_dest_conf_t;
 
 
 typedef struct {
@@ -47,6 +48,8 @@ typedef struct {
     ngx_str_t                       silo_api_token;
 
     ngx_http_matrix_http_conf_t    *http;           /* federation client */
+    void                           *remote_keys;    /* per worker */
+    ngx_http_matrix_dest_conf_t    *dest;           /* server discovery */
 } ngx_http_matrix_main_conf_t;
 
 
@@ -84,6 +87,10 @@ typedef struct {
     ngx_uint_t                      nparams;   /* percent-decoded, in order */
     ngx_uint_t                      field;     /* the part of a resource a
                                                   route asks for */
+
+    ngx_str_t                       origin;       /* of a verified federation
+                                                     request */
+    void                           *auth;
 
     ngx_buf_t                      *error_body;   /* instead of nginx's page */
     unsigned                        replied:1;    /* the body is ours */

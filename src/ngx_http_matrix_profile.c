@@ -1,6 +1,7 @@
 /*
  * Profiles of silo users, read live from the silo's "users" view:
- * GET /_matrix/client/v3/profile/{userId}[/displayname|/avatar_url].
+ * GET /_matrix/client/v3/profile/{userId}[/displayname|/avatar_url], and
+ * for other servers GET /_matrix/federation/v1/query/profile.
  *
  * Only what is a Matrix profile goes out: the display name, and the
  * avatar when the silo's is already an mxc:// URI (others need the
@@ -27,6 +28,8 @@ static ngx_int_t ngx_http_matrix_profile_displayname(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 static ngx_int_t ngx_http_matrix_profile_avatar_url(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
+static ngx_int_t ngx_http_matrix_profile_query(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
 static ngx_int_t ngx_http_matrix_profile_lookup(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_profile_field_e field);
 static void ngx_http_matrix_profile_done(ngx_http_matrix_pg_query_t *q);
@@ -38,15 +41,23 @@ ngx_http_matrix_route_t  ngx_http_matrix_profile_routes[] = {
 
     { NGX_HTTP_GET,
       ngx_string("/_matrix/client/v3/profile/{userId}"),
-      ngx_http_matrix_profile },
+      ngx_http_matrix_profile,
+      0 },
 
     { NGX_HTTP_GET,
       ngx_string("/_matrix/client/v3/profile/{userId}/displayname"),
-      ngx_http_matrix_profile_displayname },
+      ngx_http_matrix_profile_displayname,
+      0 },
 
     { NGX_HTTP_GET,
       ngx_string("/_matrix/client/v3/profile/{userId}/avatar_url"),
-      ngx_http_matrix_profile_avatar_url },
+      ngx_http_matrix_profile_avatar_url,
+      0 },
+
+    { NGX_HTTP_GET,
+      ngx_string("/_matrix/federation/v1/query/profile"),
+      ngx_http_matrix_profile_query,
+      NGX_HTTP_MATRIX_FEDERATION },
 
       ngx_http_matrix_null_route
 };
@@ -83,6 +94,54 @@ ngx_http_matrix_profile_avatar_url(ngx_http_request_t *r,
 {
     return ngx_http_matrix_profile_lookup(r, ctx,
                                           NGX_HTTP_MATRIX_PROFILE_AVATAR_URL);
+}
+
+
+/* ?user_id=@alice:example.org[&field=displayname|avatar_url] */
+
+static ngx_int_t
+ngx_http_matrix_profile_query(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx)
+{
+    u_char                           *dst, *src;
+    ngx_str_t                         v;
+    ngx_http_matrix_profile_field_e   field;
+
+    if (ngx_http_arg(r, (u_char *) "user_id", 7, &v) != NGX_OK) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_MISSING_PARAM",
+                                          "Missing user_id");
+    }
+
+    dst = ngx_pnalloc(r->pool, v.len);
+    if (dst == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    src = v.data;
+    ctx->params[0].data = dst;
+    ngx_unescape_uri(&dst, &src, v.len, NGX_UNESCAPE_URI);
+    ctx->params[0].len = dst - ctx->params[0].data;
+    ctx->nparams = 1;
+
+    field = NGX_HTTP_MATRIX_PROFILE_ALL;
+
+    if (ngx_http_arg(r, (u_char *) "field", 5, &v) == NGX_OK) {
+        if (v.len == 11 && ngx_strncmp(v.data, "displayname", 11) == 0) {
+            field = NGX_HTTP_MATRIX_PROFILE_DISPLAYNAME;
+
+        } else if (v.len == 10 && ngx_strncmp(v.data, "avatar_url", 10) == 0)
+        {
+            field = NGX_HTTP_MATRIX_PROFILE_AVATAR_URL;
+
+        } else {
+            return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                              "M_INVALID_PARAM",
+                                              "Unknown profile field");
+        }
+    }
+
+    return ngx_http_matrix_profile_lookup(r, ctx, field);
 }
 
 

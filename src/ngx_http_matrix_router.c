@@ -398,6 +398,10 @@ ngx_http_matrix_route_request(ngx_http_request_t *r)
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "matrix route: \"%V\" for \"%V\"", &route->path, &path);
 
+    if (route->flags & NGX_HTTP_MATRIX_FEDERATION) {
+        return ngx_http_matrix_federation_auth(r, ctx);
+    }
+
     rc = route->handler(r, ctx);
 
     return rc;

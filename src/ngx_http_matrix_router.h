@@ -19,14 +19,22 @@ struct ngx_http_matrix_route_s {
     ngx_uint_t                      methods;    /* NGX_HTTP_GET|... */
     ngx_str_t                       path;       /* "/a/{param}/b" */
     ngx_http_matrix_handler_pt      handler;
+    ngx_uint_t                      flags;
 };
 
-#define ngx_http_matrix_null_route  { 0, ngx_null_string, NULL }
+/* the route runs for a request X-Matrix signed by another server */
+#define NGX_HTTP_MATRIX_FEDERATION  0x01
+
+#define ngx_http_matrix_null_route  { 0, ngx_null_string, NULL, 0 }
 
 
 ngx_int_t ngx_http_matrix_routes_init(ngx_conf_t *cf,
     ngx_http_matrix_main_conf_t *mmcf);
 ngx_int_t ngx_http_matrix_route_request(ngx_http_request_t *r);
+
+/* ngx_http_matrix_federation_auth.c */
+ngx_int_t ngx_http_matrix_federation_auth(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
 
 
 /* route tables of the endpoint files */

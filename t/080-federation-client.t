@@ -97,8 +97,14 @@ $r = fetch($ngx, host => '127.0.0.1', tls_name => 'wrong.test',
 is $r->{status}, 0, 'a certificate for another name';
 like $r->{error}, qr/not for "wrong\.test"/, 'is refused, saying so';
 
-$r = fetch($ngx, host => '127.0.0.1', uri => '/_matrix/key/v2/server');
-is $r->{status}, 0, 'an address literal the certificate does not name';
+$r = fetch($ngx, host => '127.0.0.1', host_header => 'remote.test',
+           uri => '/_matrix/key/v2/server');
+is $r->{status}, 200, 'an address literal the certificate names (as an IP)';
+
+$r = fetch($ngx, host => '127.0.0.1', tls_name => '127.0.0.9',
+           uri => '/_matrix/key/v2/server');
+is $r->{status}, 0, 'an address the certificate does not name';
+like $r->{error}, qr/not for "127\.0\.0\.9"/, 'is refused';
 
 {
     my $other = nginx(ca => '/etc/ssl/certs/ca-certificates.crt');

@@ -39,10 +39,11 @@ use strict;
 use warnings;
 
 use File::Temp qw(tempdir);
-use IO::Select;
 use JSON::PP ();
-use POSIX qw(WNOHANG);
-use Time::HiRes qw(time sleep);
+
+use MatrixFakeHS ();    # MatrixFakeHS::Child: start, stop, error_log
+
+our @ISA = ('MatrixFakeHS::Child');
 
 my $JSON = JSON::PP->new->utf8->canonical;
 
@@ -113,7 +114,7 @@ sub _write_table {
 sub start {
     my ($class, %o) = @_;
 
-    my $self = bless { owner => $$, ttl => $o{ttl} // 60,
+    my $self = bless { ttl => $o{ttl} // 60,
                        records => _normalize($o{records} || {}) }, $class;
 
     $self->{dir} = tempdir('mxdns-XXXXXX', TMPDIR => 1, CLEANUP => 1);
@@ -126,33 +127,10 @@ sub start {
     print $fh _server_source();
     close $fh;
 
-    pipe my $r, my $w or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        close $r;
-        open STDOUT, '>&', $w or die;
-        open STDERR, '>>', "$self->{dir}/fake_dns.err" or die;
-        exec '/usr/bin/python3', $script, $self->{table}, $self->{log},
-            $o{address} // '127.0.0.1', $o{port} // 0, $$;
-        exit 127;
-    }
-    close $w;
-    $self->{pid} = $pid;
-    $self->{out} = $r;
-
-    my $sel = IO::Select->new($r);
-    my $line = '';
-    my $deadline = time + 20;
-    while ($line !~ /\n/ && time < $deadline) {
-        last unless $sel->can_read($deadline - time);
-        last unless sysread $r, $line, 4096, length $line;
-    }
-
-    unless ($line =~ /^fake_dns: ready (\d+)$/m) {
-        $self->stop;
-        die "MatrixDNS did not start ($line):\n" . $self->error_log;
-    }
-    $self->{port} = $1;
+    $self->{port} = $self->_spawn(
+        ['/usr/bin/python3', $script, $self->{table}, $self->{log},
+         $o{address} // '127.0.0.1', $o{port} // 0, $$],
+        "$self->{dir}/fake_dns.err", 'fake_dns');
 
     return $self;
 }
@@ -160,13 +138,6 @@ sub start {
 sub port { $_[0]{port} }
 sub resolver { "127.0.0.1:$_[0]{port}" }
 sub records { $_[0]{records} }
-
-sub error_log {
-    my ($self) = @_;
-    open my $fh, '<', "$self->{dir}/fake_dns.err" or return '';
-    local $/;
-    return scalar <$fh>;
-}
 
 # replaces the whole table
 sub set_records {
@@ -220,34 +191,6 @@ sub query_count {
 sub reset_queries {
     my ($self) = @_;
     truncate $self->{log}, 0 if -e $self->{log};
-}
-
-sub stop {
-    my ($self) = @_;
-
-    return unless $self->{pid};
-
-    kill 'TERM', $self->{pid};
-    for (1 .. 100) {
-        if (waitpid($self->{pid}, WNOHANG) == $self->{pid}) {
-            delete $self->{pid};
-            last;
-        }
-        sleep 0.02;
-    }
-    if ($self->{pid}) {
-        kill 'KILL', $self->{pid};
-        waitpid($self->{pid}, 0);
-        delete $self->{pid};
-    }
-    close $self->{out} if $self->{out};
-    delete $self->{out};
-}
-
-sub DESTROY {
-    my ($self) = @_;
-    local ($?, $!, $@);
-    $self->stop if $self->{owner} && $self->{owner} == $$;
 }
 
 sub _server_source { <<'PY' }
@@ -382,14 +325,17 @@ class Udp(asyncio.DatagramProtocol):
 
 
 async def tcp_client(reader, writer):
+    # further queries may follow on the connection; idle, it is closed
+    # soon (as servers may, RFC 7766), so no client waits on it
     try:
         while True:
-            head = await reader.readexactly(2)
+            head = await asyncio.wait_for(reader.readexactly(2), 0.2)
             data = await reader.readexactly(struct.unpack("!H", head)[0])
             await respond(data, "tcp", lambda out: writer.write(
                 struct.pack("!H", len(out)) + out))
             await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError,
+            ConnectionError):
         pass
     finally:
         writer.close()

@@ -21,9 +21,25 @@ package MatrixFakeHS;
 #   my @reqs = $fake->requests(endpoint => 'key');   # hashes, oldest first
 #   $fake->reset;   $fake->stop;
 #
+# start options: names (the Matrix servers played; default remote.test),
+# aliases ({name => [other host names]}: delegation targets, each with
+# its own certificate), keys ({name => "ed25519 V SEED"}, else a new
+# key), config ({name => {fields}}) and global ({fields}) to start with,
+# https (number of TLS ports, default 1), http (plain-HTTP ports, default
+# 0), tls_dir (another fake's, to share its CA), cert_names (more hosts
+# to make certificates for).
+#
+# A recorded request: n, connection (one number per TCP connection), ts,
+# port, tls, sni, host, server (the server that answered, or undef),
+# endpoint (key, well_known, notary, federation, other), method, path
+# (as sent, with the query), headers ([[name, value], ...]), body, json,
+# x_matrix ([{origin, destination, key, sig, verified, error,
+# key_source}]), origin, verified, status (or "dropped", ...).
+#
 # The configuration fields are those of fake_hs.py (its CONFIG, BEHAVIOUR
 # and GLOBAL tables; `fake_hs.py --help` lists them). configure() dies
-# with the fake's message on an unknown field or a bad value.
+# with the fake's message on an unknown field or a bad value, and then
+# changes nothing.
 
 use strict;
 use warnings;
@@ -32,10 +48,9 @@ use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
-use IO::Select;
 use JSON::PP ();
-use POSIX qw(WNOHANG);
-use Time::HiRes qw(time sleep);
+
+our @ISA = ('MatrixFakeHS::Child');
 
 my $TOOLS = abs_path(dirname(__FILE__) . '/../tools');
 my $JSON = JSON::PP->new->utf8->canonical;
@@ -74,7 +89,7 @@ sub _sh {
 sub start {
     my ($class, %o) = @_;
 
-    my $self = bless { owner => $$, names => $o{names} || ['remote.test'],
+    my $self = bless { names => $o{names} || ['remote.test'],
                        aliases => $o{aliases} || {} }, $class;
 
     $self->{dir} = tempdir('mxfake-XXXXXX', TMPDIR => 1, CLEANUP => 1);
@@ -110,33 +125,9 @@ sub start {
                ('--https', '127.0.0.1:0') x ($o{https} // 1),
                ('--http', '127.0.0.1:0') x ($o{http} // 0));
 
-    pipe my $r, my $w or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        close $r;
-        open STDOUT, '>&', $w or die;
-        open STDERR, '>>', "$self->{dir}/fake_hs.log" or die;
-        exec @cmd;
-        exit 127;
-    }
-    close $w;
-    $self->{pid} = $pid;
-    $self->{out} = $r;
+    my $ready = $self->_spawn(\@cmd, "$self->{dir}/fake_hs.log", 'fake_hs');
 
-    my $sel = IO::Select->new($r);
-    my $line = '';
-    my $deadline = time + 20;
-    while ($line !~ /\n/ && time < $deadline) {
-        last unless $sel->can_read($deadline - time);
-        last unless sysread $r, $line, 4096, length $line;
-    }
-
-    unless ($line =~ /^fake_hs: ready (\{.*\})$/m) {
-        $self->stop;
-        die "fake_hs did not start ($line):\n" . $self->error_log;
-    }
-
-    my $ports = $JSON->decode($1);
+    my $ports = $JSON->decode($ready);
     $self->{https} = $ports->{https};
     $self->{http} = $ports->{http};
     $self->{control} = "http://127.0.0.1:$ports->{control}";
@@ -152,8 +143,6 @@ sub ca_file { "$_[0]{tls_dir}/ca.crt" }
 sub tls_dir { $_[0]{tls_dir} }
 sub control_url { $_[0]{control} }
 sub names { @{ $_[0]{names} } }
-sub pid { $_[0]{pid} }
-
 # https://HOST:PORT/PATH (the server's host part) and, for curl,
 # --resolve HOST:PORT:127.0.0.1
 sub url {
@@ -164,13 +153,6 @@ sub url {
 sub resolve {
     my ($self, $name) = @_;
     return host_of($name) . ':' . $self->port . ':127.0.0.1';
-}
-
-sub error_log {
-    my ($self) = @_;
-    open my $fh, '<', "$self->{dir}/fake_hs.log" or return '';
-    local $/;
-    return scalar <$fh>;
 }
 
 # a control request; returns the decoded JSON, dies unless 2xx
@@ -299,6 +281,62 @@ sub cert {
         unless -f "$self->{tls_dir}/$first.crt";
 
     return ("$self->{tls_dir}/$first.crt", "$self->{tls_dir}/$first.key");
+}
+
+
+# ------------------------------------------------------------------------
+# A child process that says "NAME: ready DATA" on stdout once it serves,
+# logs to a file, stops on SIGTERM and exits by itself when the test
+# process is gone. MatrixFakeHS and MatrixDNS are such children.
+
+package MatrixFakeHS::Child;
+
+use IO::Select;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(time sleep);
+
+# runs CMD with stderr to LOG; returns the DATA of its ready line, or
+# dies with the log
+sub _spawn {
+    my ($self, $cmd, $log, $what) = @_;
+
+    $self->{owner} = $$;
+    $self->{errlog} = $log;
+
+    pipe my $r, my $w or die "pipe: $!";
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        close $r;
+        open STDOUT, '>&', $w or die;
+        open STDERR, '>>', $log or die;
+        exec @$cmd;
+        exit 127;
+    }
+    close $w;
+    $self->{pid} = $pid;
+    $self->{out} = $r;    # kept open: the child never sees a broken pipe
+
+    my $sel = IO::Select->new($r);
+    my $line = '';
+    my $deadline = time + 20;
+    while ($line !~ /\n/ && time < $deadline) {
+        last unless $sel->can_read($deadline - time);
+        last unless sysread $r, $line, 4096, length $line;
+    }
+
+    return $1 if $line =~ /^\Q$what\E: ready (.*)$/m;
+
+    $self->stop;
+    die "$what did not start ($line):\n" . $self->error_log;
+}
+
+sub pid { $_[0]{pid} }
+
+sub error_log {
+    my ($self) = @_;
+    open my $fh, '<', $self->{errlog} or return '';
+    local $/;
+    return scalar <$fh>;
 }
 
 sub stop {

@@ -23,6 +23,13 @@
  *       ?host=..&port=..&tls=0|1&tls_name=..&host_header=..
  *       &method=..&uri=..&body=..&max=BYTES&timeout=MS
  *       answers "status: N\nerror: ..\ncontent-type: ..\n\nBODY"
+ *
+ *   location /dest { matrix_destinationtest [WELL_KNOWN_PORT FALLBACK_PORT]; }
+ *       ?server_name=..[&fetch=1]   server discovery; answers "host: ..\n
+ *       port: ..\nhost_header: ..\ntls_name: ..\nhow: ..\nerror: ..\n"
+ *       (and "well_known_error: .."); fetch=1 then GETs
+ *       /_matrix/key/v2/server there: "status: ..\nbody: ..".  The ports
+ *       replace 443 and 8448 (the fake homeserver's port).
  */
 
 
@@ -33,6 +40,11 @@
 #include "ngx_http_matrix_module.h"
 #include "ngx_http_matrix_pg.h"
 #include "ngx_http_matrix_http.h"
+#include "ngx_http_matrix_destination.h"
+
+
+static char *ngx_http_matrix_destinationtest(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 
 
 typedef struct {
@@ -98,6 +110,11 @@ static ngx_command_t  ngx_http_matrix_pgtest_commands[] = {
     { ngx_string("matrix_httptest"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_matrix_httptest,
+      0, 0, NULL },
+
+    { ngx_string("matrix_destinationtest"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE2,
+      ngx_http_matrix_destinationtest,
       0, 0, NULL },
 
     { ngx_string("matrix_pgtest_listen"),
@@ -809,4 +826,174 @@ static void *
 ngx_http_matrix_pgtest_create_main_conf(ngx_conf_t *cf)
 {
     return ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_pgtest_main_conf_t));
+}
+
+
+/* matrix_destinationtest: server discovery */
+
+typedef struct {
+    ngx_http_request_t          *r;
+    ngx_http_matrix_dest_t      *d;
+    ngx_uint_t                   fetch;
+} ngx_http_matrix_desttest_ctx_t;
+
+
+static void
+ngx_http_matrix_desttest_reply(ngx_http_matrix_desttest_ctx_t *ctx,
+    ngx_http_matrix_http_req_t *hr)
+{
+    size_t                   len;
+    ngx_int_t                rc;
+    ngx_buf_t               *b;
+    ngx_connection_t        *c;
+    ngx_http_request_t      *r;
+    ngx_http_matrix_dest_t  *d;
+
+    r = ctx->r;
+    d = ctx->d;
+    c = r->connection;
+
+    len = 256 + d->host.len + d->host_header.len + d->tls_name.len
+          + d->how.len + d->error.len + d->well_known_error.len;
+
+    if (hr) {
+        len += 64 + hr->error.len + hr->response.len;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    b->last = ngx_sprintf(b->last, "host: %V\nport: %d\nhost_header: %V\n"
+                          "tls_name: %V\nhow: %V\nerror: %V\n"
+                          "well_known_error: %V\n",
+                          &d->host, (int) d->port, &d->host_header,
+                          &d->tls_name, &d->how, &d->error,
+                          &d->well_known_error);
+
+    if (hr) {
+        b->last = ngx_sprintf(b->last, "status: %ui\nfetch_error: %V\n"
+                              "body: %V\n", hr->status, &hr->error,
+                              &hr->response);
+    }
+
+    rc = ngx_http_matrix_pgtest_send(r, b);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_matrix_desttest_fetched(ngx_http_matrix_http_req_t *hr)
+{
+    ngx_http_matrix_desttest_reply(hr->data, hr);
+}
+
+
+static void
+ngx_http_matrix_desttest_found(ngx_http_matrix_dest_t *d)
+{
+    ngx_http_matrix_http_req_t      *hr;
+    ngx_http_matrix_desttest_ctx_t  *ctx;
+
+    ctx = d->data;
+
+    if (!ctx->fetch || d->status != NGX_OK) {
+        ngx_http_matrix_desttest_reply(ctx, NULL);
+        return;
+    }
+
+    hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle,
+                                     ctx->r->pool, ctx->r->connection->log);
+    if (hr == NULL) {
+        ngx_http_matrix_desttest_reply(ctx, NULL);
+        return;
+    }
+
+    hr->host = d->host;
+    hr->port = d->port;
+    hr->host_header = d->host_header;
+    hr->tls_name = d->tls_name;
+    ngx_str_set(&hr->uri, "/_matrix/key/v2/server");
+    hr->handler = ngx_http_matrix_desttest_fetched;
+    hr->data = ctx;
+
+    if (ngx_http_matrix_http_send(hr) != NGX_OK) {
+        ngx_http_matrix_desttest_reply(ctx, NULL);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_desttest_content(ngx_http_request_t *r)
+{
+    ngx_str_t                        v;
+    ngx_http_matrix_desttest_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_desttest_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->r = r;
+
+    ctx->d = ngx_http_matrix_dest_create((ngx_cycle_t *) ngx_cycle, r->pool,
+                                         r->connection->log);
+    if (ctx->d == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    (void) ngx_http_matrix_pgtest_arg(r, "server_name",
+                                      &ctx->d->server_name);
+
+    if (ngx_http_matrix_pgtest_arg(r, "fetch", &v) == NGX_OK) {
+        ctx->fetch = (v.len == 1 && v.data[0] == '1');
+    }
+
+    ctx->d->handler = ngx_http_matrix_desttest_found;
+    ctx->d->data = ctx;
+
+    if (ngx_http_matrix_dest_resolve(ctx->d) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static char *
+ngx_http_matrix_destinationtest(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_int_t                  wk, fb;
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_matrix_desttest_content;
+
+    if (cf->args->nelts == 3) {
+        value = cf->args->elts;
+        wk = ngx_atoi(value[1].data, value[1].len);
+        fb = ngx_atoi(value[2].data, value[2].len);
+
+        if (wk < 1 || wk > 65535 || fb < 1 || fb > 65535) {
+            return "invalid port";
+        }
+
+        if (ngx_http_matrix_dest_set_ports(cf, (in_port_t) wk,
+                                           (in_port_t) fb)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
 }

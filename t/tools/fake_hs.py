@@ -14,9 +14,9 @@ It serves, over real TLS with certificates from t/tools/make_test_ca.sh:
 
 Each of these can misbehave on demand (forged or expired documents,
 errors, delays, oversized, truncated, malformed or chunked bodies, no
-keep-alive, dropped connections). Every request is recorded. A separate
-plain-HTTP control port (127.0.0.1 only) configures it and reads the
-records:
+keep-alive, dropped connections). Every request is recorded (the
+fields: t/lib/MatrixFakeHS.pm). A separate plain-HTTP control port
+(127.0.0.1 only) configures it and reads the records:
 
   GET  /_fake/requests[?server=&endpoint=&method=&path=]
   POST /_fake/reset            clears the records (and with
@@ -722,7 +722,18 @@ def apply_behaviour(beh, status, body):
 
 
 def make_app(state):
-    seq = [0]
+    seq = [0, 0]  # requests, connections
+    live = {}     # id(protocol) -> (protocol, number), open connections
+
+    def connection_number(protocol):
+        """One number per TCP connection: kept ones show as repeats."""
+        for key, (p, _) in list(live.items()):
+            if p.transport is None:
+                del live[key]
+        if id(protocol) not in live:
+            live[id(protocol)] = (protocol, seq[1] + 1)
+            seq[1] += 1
+        return live[id(protocol)][1]
 
     async def handle(request):
         raw = await request.read()
@@ -735,8 +746,10 @@ def make_app(state):
         except ValueError:
             body_json = None
         seq[0] += 1
+        conn = connection_number(request.protocol)
         rec = {
             "n": seq[0],
+            "connection": conn,
             "ts": now_ms(),
             "port": sockname[1] if sockname else None,
             "tls": ssl_obj is not None,

@@ -1,0 +1,586 @@
+/*
+ * Other servers' keys, per worker.
+ *
+ * One entry per server: the keys believed so far (merged across fetches:
+ * a key is never replaced by a copy valid for less time, so a spurious
+ * answer cannot shorten what a valid one said), when they were fetched,
+ * and, after a failure, until when not to try again.  A lookup that
+ * finds no valid key joins the entry's waiters; the first one starts the
+ * fetch, every waiter hears its outcome.
+ */
+
+
+#include "ngx_http_matrix_module.h"
+#include "ngx_http_matrix_remote_keys.h"
+#include "ngx_http_matrix_http.h"
+#include "ngx_http_matrix_destination.h"
+
+#include <mx_key_doc.h>
+
+
+#define NGX_HTTP_MATRIX_KEYS_MAX_SERVERS   4096
+#define NGX_HTTP_MATRIX_KEYS_MAX_PER       32
+#define NGX_HTTP_MATRIX_KEYS_RETRY         60000     /* after a failure */
+#define NGX_HTTP_MATRIX_KEYS_REFETCH       30000     /* for an unknown key */
+#define NGX_HTTP_MATRIX_KEYS_DOC_MAX       65536
+
+
+typedef struct {
+    ngx_queue_t                    queue;          /* LRU, most recent first */
+    u_char                         name[256];
+    size_t                         name_len;
+
+    mx_remote_key_t                keys[NGX_HTTP_MATRIX_KEYS_MAX_PER];
+    ngx_uint_t                     nkeys;
+
+    int64_t                        failed_until;
+    int64_t                        fetched;
+    u_char                         failure[200];
+
+    ngx_queue_t                    waiters;
+    ngx_pool_t                     *fetch_pool;    /* while fetching */
+} ngx_http_matrix_key_server_t;
+
+
+typedef struct {
+    ngx_queue_t                    servers;
+    ngx_uint_t                     nservers;
+    ngx_log_t                     *log;
+} ngx_http_matrix_remote_keys_t;
+
+
+static ngx_http_matrix_remote_keys_t *ngx_http_matrix_remote_keys_get(void);
+static ngx_http_matrix_key_server_t *ngx_http_matrix_key_server(
+    ngx_http_matrix_remote_keys_t *rk, ngx_str_t *name);
+static ngx_int_t ngx_http_matrix_key_find(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_lookup_t *kl);
+static void ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks);
+static void ngx_http_matrix_key_destination_done(ngx_http_matrix_dest_t *dest);
+static void ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr);
+static void ngx_http_matrix_key_merge(ngx_http_matrix_key_server_t *ks,
+    mx_key_doc_t *doc);
+static void ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
+    const char *failure);
+static void ngx_http_matrix_key_reply(ngx_http_matrix_key_lookup_t *kl,
+    ngx_int_t rc, const char *why);
+static void ngx_http_matrix_key_reply_handler(ngx_event_t *ev);
+static void ngx_http_matrix_key_lookup_cleanup(void *data);
+
+
+ngx_int_t
+ngx_http_matrix_remote_keys_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_main_conf_t    *mmcf;
+    ngx_http_matrix_remote_keys_t  *rk;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+    if (mmcf == NULL) {
+        return NGX_OK;
+    }
+
+    rk = ngx_pcalloc(cycle->pool, sizeof(ngx_http_matrix_remote_keys_t));
+    if (rk == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_queue_init(&rk->servers);
+    rk->log = cycle->log;
+
+    mmcf->remote_keys = rk;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_remote_keys_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_queue_t                    *q;
+    ngx_http_matrix_main_conf_t    *mmcf;
+    ngx_http_matrix_key_server_t   *ks;
+    ngx_http_matrix_remote_keys_t  *rk;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+    if (mmcf == NULL || mmcf->remote_keys == NULL) {
+        return;
+    }
+
+    rk = mmcf->remote_keys;
+
+    while (!ngx_queue_empty(&rk->servers)) {
+        q = ngx_queue_head(&rk->servers);
+        ks = ngx_queue_data(q, ngx_http_matrix_key_server_t, queue);
+        ngx_queue_remove(q);
+
+        if (ks->fetch_pool) {
+            ngx_destroy_pool(ks->fetch_pool);
+        }
+
+        ngx_free(ks);
+    }
+
+    mmcf->remote_keys = NULL;
+}
+
+
+static ngx_http_matrix_remote_keys_t *
+ngx_http_matrix_remote_keys_get(void)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_matrix_module);
+
+    return mmcf ? mmcf->remote_keys : NULL;
+}
+
+
+ngx_http_matrix_key_lookup_t *
+ngx_http_matrix_key_lookup_create(ngx_pool_t *pool, ngx_log_t *log)
+{
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_matrix_key_lookup_t  *kl;
+
+    kl = ngx_pcalloc(pool, sizeof(ngx_http_matrix_key_lookup_t));
+    if (kl == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_matrix_key_lookup_cleanup;
+    cln->data = kl;
+
+    kl->log = log;
+    kl->reply.handler = ngx_http_matrix_key_reply_handler;
+    kl->reply.data = kl;
+    kl->reply.log = log;
+    ngx_queue_init(&kl->queue);
+
+    return kl;
+}
+
+
+ngx_int_t
+ngx_http_matrix_key_lookup(ngx_http_matrix_key_lookup_t *kl)
+{
+    int64_t                         now;
+    ngx_http_matrix_key_server_t   *ks;
+    ngx_http_matrix_remote_keys_t  *rk;
+
+    rk = ngx_http_matrix_remote_keys_get();
+    if (rk == NULL || kl->server_name.len == 0
+        || kl->server_name.len >= sizeof(ks->name))
+    {
+        return NGX_ERROR;
+    }
+
+    ks = ngx_http_matrix_key_server(rk, &kl->server_name);
+    if (ks == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_matrix_key_find(ks, kl) == NGX_OK) {
+        ngx_http_matrix_key_reply(kl, NGX_OK, NULL);
+        return NGX_OK;
+    }
+
+    now = ngx_http_matrix_now_ms();
+
+    if (ks->fetch_pool == NULL && now < ks->failed_until) {
+        ngx_http_matrix_key_reply(kl, NGX_ERROR, (char *) ks->failure);
+        return NGX_OK;
+    }
+
+    /*
+     * A key asked for that the server did not publish a moment ago is not
+     * fetched again for every request that names it: anyone could make
+     * us hammer a server so.
+     */
+
+    if (ks->fetch_pool == NULL && ks->fetched
+        && now < ks->fetched + NGX_HTTP_MATRIX_KEYS_REFETCH)
+    {
+        ngx_http_matrix_key_reply(kl, NGX_DECLINED,
+                                  "no such key, or not valid then");
+        return NGX_OK;
+    }
+
+    kl->server = ks;
+    kl->waiting = 1;
+    ngx_queue_insert_tail(&ks->waiters, &kl->queue);
+
+    if (ks->fetch_pool == NULL) {
+        ngx_http_matrix_key_fetch(ks);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the entry of a server, made if needed; the least recent one goes */
+
+static ngx_http_matrix_key_server_t *
+ngx_http_matrix_key_server(ngx_http_matrix_remote_keys_t *rk,
+    ngx_str_t *name)
+{
+    ngx_queue_t                   *q;
+    ngx_http_matrix_key_server_t  *ks;
+
+    for (q = ngx_queue_head(&rk->servers);
+         q != ngx_queue_sentinel(&rk->servers);
+         q = ngx_queue_next(q))
+    {
+        ks = ngx_queue_data(q, ngx_http_matrix_key_server_t, queue);
+
+        if (ks->name_len == name->len
+            && ngx_strncmp(ks->name, name->data, name->len) == 0)
+        {
+            ngx_queue_remove(q);
+            ngx_queue_insert_head(&rk->servers, q);
+            return ks;
+        }
+    }
+
+    if (rk->nservers >= NGX_HTTP_MATRIX_KEYS_MAX_SERVERS) {
+        for (q = ngx_queue_last(&rk->servers);
+             q != ngx_queue_sentinel(&rk->servers);
+             q = ngx_queue_prev(q))
+        {
+            ks = ngx_queue_data(q, ngx_http_matrix_key_server_t, queue);
+
+            if (ks->fetch_pool == NULL) {
+                ngx_queue_remove(q);
+                ngx_free(ks);
+                rk->nservers--;
+                break;
+            }
+        }
+    }
+
+    ks = ngx_calloc(sizeof(ngx_http_matrix_key_server_t), rk->log);
+    if (ks == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(ks->name, name->data, name->len);
+    ks->name_len = name->len;
+    ngx_queue_init(&ks->waiters);
+
+    ngx_queue_insert_head(&rk->servers, &ks->queue);
+    rk->nservers++;
+
+    return ks;
+}
+
+
+/*
+ * A current key must be valid at the time asked about (valid_until_ts);
+ * an old key only for what was signed before it was retired.
+ */
+
+static ngx_int_t
+ngx_http_matrix_key_find(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_lookup_t *kl)
+{
+    int64_t           at;
+    ngx_uint_t        i;
+    mx_remote_key_t  *k;
+
+    at = kl->at_ms ? kl->at_ms : ngx_http_matrix_now_ms();
+
+    for (i = 0; i < ks->nkeys; i++) {
+        k = &ks->keys[i];
+
+        if (ngx_strlen(k->key_id) != kl->key_id.len
+            || ngx_strncmp(k->key_id, kl->key_id.data, kl->key_id.len) != 0)
+        {
+            continue;
+        }
+
+        if (k->expired_ts ? at < k->expired_ts : at <= k->valid_until_ts) {
+            ngx_memcpy(kl->public_key, k->public_key, 32);
+            return NGX_OK;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static void
+ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
+{
+    ngx_http_matrix_dest_t         *dest;
+    ngx_http_matrix_remote_keys_t  *rk;
+
+    rk = ngx_http_matrix_remote_keys_get();
+
+    ks->fetch_pool = ngx_create_pool(4096, rk->log);
+    if (ks->fetch_pool == NULL) {
+        ngx_http_matrix_key_fetch_done(ks, "out of memory");
+        return;
+    }
+
+    dest = ngx_http_matrix_dest_create((ngx_cycle_t *) ngx_cycle,
+                                       ks->fetch_pool, rk->log);
+    if (dest == NULL) {
+        ngx_http_matrix_key_fetch_done(ks, "out of memory");
+        return;
+    }
+
+    dest->server_name.data = ks->name;
+    dest->server_name.len = ks->name_len;
+    dest->handler = ngx_http_matrix_key_destination_done;
+    dest->data = ks;
+
+    if (ngx_http_matrix_dest_resolve(dest) != NGX_OK) {
+        ngx_http_matrix_key_fetch_done(ks, "cannot look the server up");
+    }
+}
+
+
+static void
+ngx_http_matrix_key_destination_done(ngx_http_matrix_dest_t *dest)
+{
+    ngx_http_matrix_key_server_t  *ks;
+    ngx_http_matrix_http_req_t    *hr;
+
+    ks = dest->data;
+
+    if (dest->status != NGX_OK) {
+        u_char  buf[200];
+
+        *ngx_snprintf(buf, sizeof(buf) - 1, "%V", &dest->error) = '\0';
+        ngx_http_matrix_key_fetch_done(ks, (char *) buf);
+        return;
+    }
+
+    hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle,
+                                     ks->fetch_pool, dest->log);
+    if (hr == NULL) {
+        ngx_http_matrix_key_fetch_done(ks, "out of memory");
+        return;
+    }
+
+    hr->host = dest->host;
+    hr->port = dest->port;
+    hr->host_header = dest->host_header;
+    hr->tls_name = dest->tls_name;
+    ngx_str_set(&hr->uri, "/_matrix/key/v2/server");
+    hr->max_response = NGX_HTTP_MATRIX_KEYS_DOC_MAX;
+    hr->handler = ngx_http_matrix_key_fetched;
+    hr->data = ks;
+
+    if (ngx_http_matrix_http_send(hr) != NGX_OK) {
+        ngx_http_matrix_key_fetch_done(ks, "cannot send the request");
+    }
+}
+
+
+static void
+ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr)
+{
+    json_t                        *doc;
+    mx_err_t                       err;
+    mx_key_doc_t                   kd;
+    ngx_http_matrix_key_server_t  *ks;
+    u_char                         name[256], buf[200];
+
+    ks = hr->data;
+
+    if (hr->status != 200) {
+        if (hr->status) {
+            *ngx_snprintf(buf, sizeof(buf) - 1, "its key server answered %ui",
+                          hr->status) = '\0';
+        } else {
+            *ngx_snprintf(buf, sizeof(buf) - 1, "%V", &hr->error) = '\0';
+        }
+
+        ngx_http_matrix_key_fetch_done(ks, (char *) buf);
+        return;
+    }
+
+    doc = mx_json_parse((char *) hr->response.data, hr->response.len, 0,
+                        &err);
+    if (doc == NULL) {
+        *ngx_snprintf(buf, sizeof(buf) - 1, "its key document is not JSON: "
+                      "%s", err.msg) = '\0';
+        ngx_http_matrix_key_fetch_done(ks, (char *) buf);
+        return;
+    }
+
+    *ngx_cpymem(name, ks->name, ks->name_len) = '\0';
+
+    if (mx_key_doc_check(doc, (char *) name, &kd, &err) != MX_OK) {
+        json_decref(doc);
+        *ngx_snprintf(buf, sizeof(buf) - 1, "its key document was refused: "
+                      "%s", err.msg) = '\0';
+        ngx_http_matrix_key_fetch_done(ks, (char *) buf);
+        return;
+    }
+
+    json_decref(doc);
+
+    ngx_http_matrix_key_merge(ks, &kd);
+
+    ngx_http_matrix_key_fetch_done(ks, NULL);
+}
+
+
+/* never shortened: a key is only replaced by one valid for longer */
+
+static void
+ngx_http_matrix_key_merge(ngx_http_matrix_key_server_t *ks,
+    mx_key_doc_t *doc)
+{
+    ngx_uint_t        i, j;
+    mx_remote_key_t  *k, *have;
+
+    for (i = 0; i < doc->nkeys; i++) {
+        k = &doc->keys[i];
+        have = NULL;
+
+        for (j = 0; j < ks->nkeys; j++) {
+            if (ngx_strcmp(ks->keys[j].key_id, k->key_id) == 0) {
+                have = &ks->keys[j];
+                break;
+            }
+        }
+
+        if (have == NULL) {
+            if (ks->nkeys == NGX_HTTP_MATRIX_KEYS_MAX_PER) {
+                continue;
+            }
+
+            ks->keys[ks->nkeys++] = *k;
+            continue;
+        }
+
+        if (ngx_memcmp(have->public_key, k->public_key, 32) != 0) {
+            /* the same ID for another key: the old one stays believed */
+            continue;
+        }
+
+        if (k->expired_ts == 0 && k->valid_until_ts > have->valid_until_ts
+            && have->expired_ts == 0)
+        {
+            have->valid_until_ts = k->valid_until_ts;
+        }
+
+        if (k->expired_ts && have->expired_ts == 0) {
+            /* retired since: valid for what was signed before */
+            have->expired_ts = k->expired_ts;
+        }
+    }
+}
+
+
+static void
+ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
+    const char *failure)
+{
+    ngx_queue_t                   *q;
+    ngx_pool_t                    *pool;
+    ngx_http_matrix_key_lookup_t  *kl;
+
+    if (failure) {
+        ngx_cpystrn(ks->failure, (u_char *) failure, sizeof(ks->failure));
+        ks->failed_until = ngx_http_matrix_now_ms()
+                           + NGX_HTTP_MATRIX_KEYS_RETRY;
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "matrix federation: keys of \"%*s\": %s",
+                      ks->name_len, ks->name, failure);
+
+    } else {
+        ks->failed_until = 0;
+        ks->fetched = ngx_http_matrix_now_ms();
+    }
+
+    while (!ngx_queue_empty(&ks->waiters)) {
+        q = ngx_queue_head(&ks->waiters);
+        kl = ngx_queue_data(q, ngx_http_matrix_key_lookup_t, queue);
+
+        ngx_queue_remove(q);
+        ngx_queue_init(q);
+        kl->waiting = 0;
+        kl->server = NULL;
+
+        if (ngx_http_matrix_key_find(ks, kl) == NGX_OK) {
+            ngx_http_matrix_key_reply(kl, NGX_OK, NULL);
+
+        } else if (failure) {
+            ngx_http_matrix_key_reply(kl, NGX_ERROR, failure);
+
+        } else {
+            ngx_http_matrix_key_reply(kl, NGX_DECLINED,
+                                      "no such key, or not valid then");
+        }
+    }
+
+    /* last: the fetch's objects live in it, and we may be in their call */
+
+    pool = ks->fetch_pool;
+    ks->fetch_pool = NULL;
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static void
+ngx_http_matrix_key_reply(ngx_http_matrix_key_lookup_t *kl, ngx_int_t rc,
+    const char *why)
+{
+    kl->rc = rc;
+    kl->error.len = 0;
+
+    if (why) {
+        kl->error.data = kl->errbuf;
+        kl->error.len = ngx_cpystrn(kl->errbuf, (u_char *) why,
+                                    sizeof(kl->errbuf))
+                        - kl->errbuf;
+    }
+
+    if (!kl->reply.posted) {
+        ngx_post_event(&kl->reply, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_matrix_key_reply_handler(ngx_event_t *ev)
+{
+    ngx_http_matrix_key_lookup_t  *kl;
+
+    kl = ev->data;
+
+    if (!kl->abandoned && kl->handler) {
+        kl->handler(kl);
+    }
+}
+
+
+static void
+ngx_http_matrix_key_lookup_cleanup(void *data)
+{
+    ngx_http_matrix_key_lookup_t  *kl = data;
+
+    kl->abandoned = 1;
+
+    if (kl->waiting) {
+        ngx_queue_remove(&kl->queue);
+        kl->waiting = 0;
+    }
+
+    if (kl->reply.posted) {
+        ngx_delete_posted_event(&kl->reply);
+    }
+}

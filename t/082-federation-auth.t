@@ -1,0 +1,146 @@
+# Inbound X-Matrix authentication on a real federation route
+# (GET /_matrix/federation/v1/query/profile): requests signed by a fake
+# remote homeserver, whose keys the module finds (SRV, then TLS to the
+# fake) and fetches itself; refusals for every way a request can be
+# wrong, each a 401 M_UNAUTHORIZED saying why.
+
+use strict;
+use warnings;
+
+use Test::More;
+use JSON::PP;
+
+use MatrixPg;
+use MatrixNginx;
+use MatrixFakeHS;
+use MatrixDNS;
+use MatrixTest;
+
+plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
+plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
+
+my $pg = MatrixPg->start;
+$pg->psql(<<'SQL');
+CREATE SCHEMA matrix_silo;
+CREATE TABLE matrix_silo.users (user_id text PRIMARY KEY,
+    localpart text UNIQUE NOT NULL, display_name text, avatar_url text,
+    deactivated boolean NOT NULL DEFAULT false);
+INSERT INTO matrix_silo.users VALUES ('1', 'alice', 'Alice', NULL, false);
+SQL
+
+my @names = qw(remote.test forged.test expired.test wrongname.test);
+my $fake = MatrixFakeHS->start(names => \@names);
+$fake->configure('forged.test', { key_mode => 'forged' });
+$fake->configure('expired.test', { key_mode => 'expired' });
+$fake->configure('wrongname.test', { key_mode => 'wrong_server_name' });
+
+# no well-known (nothing on port 443), so SRV points at the fake
+my %records = map {
+    ($_ => { A => '127.0.0.1' },
+     "_matrix-fed._tcp.$_" => { SRV => [[10, 5, $fake->port, $_]] })
+} @names;
+my $dns = MatrixDNS->start(records => \%records);
+
+my $ngx = MatrixNginx->start(http => <<"EOF",
+    matrix_server_name module.test;
+    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
+    matrix_postgres "@{[ $pg->conninfo ]}" max=2 timeout=3s;
+    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
+    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
+    matrix_federation_allow_ip 127.0.0.0/8;
+EOF
+    server => '        location /_matrix/ { matrix; }');
+
+my $URI = '/_matrix/federation/v1/query/profile?user_id=%40alice%3Amodule.test';
+
+sub signed {
+    my ($origin, %o) = @_;
+    return $fake->x_matrix($origin, method => $o{method} // 'GET',
+                           uri => $o{uri} // $URI,
+                           destination => $o{destination} // 'module.test');
+}
+
+sub get {
+    my ($auth, $uri) = @_;
+    my ($status, $head, $body) = $ngx->get($uri // $URI,
+        defined $auth ? (Authorization => $auth) : ());
+    return ($status, $body);
+}
+
+# --- a good request ------------------------------------------------------------
+
+my ($status, $body) = get(signed('remote.test'));
+is $status, 200, 'a request signed by remote.test';
+is $body, '{"displayname":"Alice"}', 'gets the silo user\'s profile';
+
+($status, $body) = get(signed('remote.test',
+    uri => "$URI&field=displayname"), "$URI&field=displayname");
+is $status, 200, 'with a field';
+
+my $fetches = () = $fake->requests(endpoint => 'key');
+get(signed('remote.test')) for 1 .. 3;
+my $after = () = $fake->requests(endpoint => 'key');
+is $after, $fetches, 'the keys are fetched once and kept';
+cmp_ok $fetches, '>=', 1, 'they were fetched';
+
+# signed for us, the destination left out of the header: it is ours
+(my $no_dest = signed('remote.test')) =~ s/,?\s*destination="?[^",]+"?//;
+unlike $no_dest, qr/destination/, 'a header without destination';
+($status, $body) = get($no_dest);
+is $status, 200, 'is accepted, as signed for this server';
+
+# --- refusals ------------------------------------------------------------------------
+
+sub refused {
+    my ($auth, $why, $name, $uri) = @_;
+    my ($status, $body) = get($auth, $uri);
+    is $status, 401, "$name: 401";
+    like $body, qr/^\{"errcode":"M_UNAUTHORIZED","error":"[^"]*$why/,
+        "$name: says why";
+}
+
+refused(undef, 'Missing X-Matrix', 'no Authorization header');
+refused('Bearer abc', 'Missing X-Matrix', 'another scheme');
+refused('X-Matrix origin=remote.test,key="ed25519:1"', 'Invalid X-Matrix',
+        'a header without sig');
+refused(signed('remote.test', destination => 'elsewhere.test'),
+        'another server', 'a request for another destination');
+refused(signed('remote.test', uri => '/_matrix/federation/v1/query/profile'
+                                      . '?user_id=%40bob%3Amodule.test'),
+        'does not verify', 'a signature over another URI');
+refused(signed('remote.test', method => 'POST'), 'does not verify',
+        'a signature over another method');
+
+my $auth = signed('remote.test');
+(my $other_key = $auth) =~ s/key="ed25519:[^"]+"/key="ed25519:nosuchkey"/;
+refused($other_key, 'Unknown or expired key', 'a key the origin does not have');
+
+(my $other_origin = $auth) =~ s/origin="?remote\.test"?/origin="nowhere.test"/;
+refused($other_origin, 'could not be fetched',
+        'an origin whose keys cannot be fetched');
+
+(my $bad_sig = $auth) =~ s/sig="([A-Za-z0-9+\/]{10})/sig="AAAAAAAAAA/;
+refused($bad_sig, 'does not verify', 'a corrupted signature');
+
+refused(signed('forged.test'), 'could not be fetched',
+        'an origin whose key document is forged');
+refused(signed('expired.test'), 'Unknown or expired key',
+        'an origin whose keys expired');
+refused(signed('wrongname.test'), 'could not be fetched',
+        'an origin whose key document names another server');
+
+($status) = get(signed('remote.test'));
+is $status, 200, 'and good requests still pass';
+
+($status) = $ngx->get('/_matrix/key/v2/server');
+is $status, 200, 'the key server needs no authentication';
+($status) = $ngx->get('/_matrix/federation/v1/version');
+is $status, 200, 'nor the version';
+
+$ngx->stop;
+my $log = $ngx->error_log;
+unlike $log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
+like $log, qr/keys of "forged\.test": its key document was refused/,
+    'a refused key document is logged with the reason';
+
+done_testing;
