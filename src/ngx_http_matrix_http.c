@@ -14,6 +14,7 @@
 #include "ngx_http_matrix_http.h"
 
 #include <mx_netaddr.h>
+#include <mx_xmatrix.h>
 
 
 #define NGX_HTTP_MATRIX_HTTP_HEADER_MAX    16384
@@ -100,6 +101,7 @@ struct ngx_http_matrix_http_conn_s {
 };
 
 
+static ngx_int_t ngx_http_matrix_http_sign(ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_http_resolved(ngx_resolver_ctx_t *ctx);
 static void ngx_http_matrix_http_connect(ngx_http_matrix_http_req_t *hr);
 static ngx_http_matrix_http_conn_t *ngx_http_matrix_http_idle_get(
@@ -531,6 +533,10 @@ ngx_http_matrix_http_send(ngx_http_matrix_http_req_t *hr)
         hr->tls_name = hr->host;
     }
 
+    if (hr->sign_key && ngx_http_matrix_http_sign(hr) != NGX_OK) {
+        return NGX_OK;
+    }
+
     ngx_add_timer(&hr->deadline, hr->timeout ? hr->timeout
                                              : hr->conf->timeout);
 
@@ -580,6 +586,68 @@ ngx_http_matrix_http_send(ngx_http_matrix_http_req_t *hr)
         hr->resolving = NULL;
         return NGX_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+/* every request the module sends to another server is X-Matrix signed */
+
+static ngx_int_t
+ngx_http_matrix_http_sign(ngx_http_matrix_http_req_t *hr)
+{
+    json_t                *content;
+    mx_buf_t               out;
+    mx_err_t               err;
+    mx_xmatrix_request_t   req;
+
+    content = NULL;
+
+    if (hr->body.len) {
+        content = mx_json_parse((char *) hr->body.data, hr->body.len,
+                                MX_JSON_STRICT, &err);
+        if (content == NULL) {
+            ngx_http_matrix_http_fail(hr, "the request body is not JSON to "
+                                      "sign: %s", err.msg);
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_memzero(&req, sizeof(mx_xmatrix_request_t));
+
+    req.method = (char *) hr->method.data;
+    req.method_len = hr->method.len;
+    req.uri = (char *) hr->uri.data;
+    req.uri_len = hr->uri.len;
+    req.origin = (char *) hr->origin.data;
+    req.origin_len = hr->origin.len;
+    req.destination = (char *) hr->destination.data;
+    req.destination_len = hr->destination.len;
+    req.content = content;
+
+    mx_buf_init(&out);
+
+    if (mx_xmatrix_sign(&req, hr->sign_key, &out, &err) != MX_OK) {
+        json_decref(content);
+        mx_buf_free(&out);
+        ngx_http_matrix_http_fail(hr, "cannot sign the request: %s",
+                                  err.msg);
+        return NGX_ERROR;
+    }
+
+    json_decref(content);
+
+    hr->authorization.data = ngx_pnalloc(hr->pool, out.len);
+    if (hr->authorization.data == NULL) {
+        mx_buf_free(&out);
+        ngx_http_matrix_http_fail(hr, "out of memory");
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(hr->authorization.data, out.data, out.len);
+    hr->authorization.len = out.len;
+
+    mx_buf_free(&out);
 
     return NGX_OK;
 }

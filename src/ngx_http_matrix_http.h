@@ -37,6 +37,11 @@ struct ngx_http_matrix_http_req_s {
     ngx_str_t                         method;
     ngx_str_t                         uri;           /* path and query */
     ngx_str_t                         authorization; /* optional */
+
+    /* signed as origin for destination (X-Matrix) when sign_key is set */
+    const mx_signing_key_t           *sign_key;
+    ngx_str_t                         origin;
+    ngx_str_t                         destination;
     ngx_str_t                         body;          /* JSON, optional */
 
     ngx_msec_t                        timeout;       /* whole request; 0:

@@ -194,6 +194,33 @@ is $r->{status}, 200, 'of several addresses, the allowed ones are used';
         'refusals are logged';
 }
 
+# --- signed requests ---------------------------------------------------------------------
+
+{
+    my ($kid, $b64) = ('ed25519:1', $MatrixTest::SPEC_PUBLIC_KEY);
+    $fake->configure_global({ keys => { 'example.org' => { $kid => $b64 } } });
+    $fake->reset;
+
+    $r = fetch($ngx, host => 'remote.test', destination => 'remote.test',
+               uri => '/_matrix/federation/v1/query/directory?room_alias=%23a%3Aremote.test');
+    my ($req) = $fake->requests(endpoint => 'federation');
+    ok $req && $req->{verified}, 'a GET the fake verifies as X-Matrix from '
+        . 'example.org' or diag explain $req;
+    is $req && $req->{origin}, 'example.org', 'with the origin';
+
+    $fake->reset;
+    $r = fetch($ngx, host => 'remote.test', destination => 'remote.test',
+               method => 'PUT', uri => '/_matrix/federation/v1/send/t1',
+               body => '{"origin":"example.org","origin_server_ts":1,"pdus":[]}');
+    ($req) = $fake->requests(endpoint => 'federation');
+    ok $req && $req->{verified}, 'a PUT with its JSON body, verified';
+
+    $r = fetch($ngx, host => 'remote.test', destination => 'remote.test',
+               method => 'PUT', uri => '/_matrix/federation/v1/send/t2',
+               body => '{"not json');
+    like $r->{error}, qr/not JSON to sign/, 'a body that is not JSON is not sent';
+}
+
 $ngx->stop;
 unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
 

@@ -22,6 +22,7 @@
  *   location /fetch { matrix_httptest; }
  *       ?host=..&port=..&tls=0|1&tls_name=..&host_header=..
  *       &method=..&uri=..&body=..&max=BYTES&timeout=MS
+ *       &destination=NAME     X-Matrix signed as this server, for NAME
  *       answers "status: N\nerror: ..\ncontent-type: ..\n\nBODY"
  *
  *   location /dest { matrix_destinationtest [WELL_KNOWN_PORT FALLBACK_PORT]; }
@@ -734,6 +735,21 @@ ngx_http_matrix_httptest_content(ngx_http_request_t *r)
 
     if (ngx_http_matrix_pgtest_arg(r, "timeout", &v) == NGX_OK) {
         hr->timeout = ngx_atoi(v.data, v.len);
+    }
+
+    if (ngx_http_matrix_pgtest_arg(r, "destination", &hr->destination)
+        == NGX_OK)
+    {
+        ngx_http_matrix_srv_conf_t  *mscf;
+
+        mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_module);
+
+        if (mscf->signing_keys == NULL || mscf->signing_keys == NGX_CONF_UNSET_PTR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        hr->sign_key = mscf->signing_keys->elts;
+        hr->origin = mscf->server_name;
     }
 
     hr->handler = ngx_http_matrix_httptest_done;
