@@ -115,6 +115,8 @@ static void ngx_http_matrix_http_read_handler(ngx_event_t *rev);
 static void ngx_http_matrix_http_idle_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_matrix_http_parse_headers(
     ngx_http_matrix_http_conn_t *hc);
+static ngx_int_t ngx_http_matrix_http_parse_block(
+    ngx_http_matrix_http_conn_t *hc);
 static ngx_int_t ngx_http_matrix_http_body(ngx_http_matrix_http_conn_t *hc,
     u_char *p, size_t len);
 static ngx_int_t ngx_http_matrix_http_body_append(
@@ -868,6 +870,20 @@ ngx_http_matrix_http_idle_get(ngx_http_matrix_http_conf_t *conf,
             continue;
         }
 
+        /*
+         * Something arrived while it idled (a late answer, a goodbye): it
+         * is not the next request's answer, the connection is not used.
+         */
+
+        if (hc->peer.connection->read->ready
+            || (hc->peer.connection->ssl
+                && SSL_pending(hc->peer.connection->ssl->connection)))
+        {
+            q = ngx_queue_prev(q);
+            ngx_http_matrix_http_close(hc);
+            continue;
+        }
+
         ngx_queue_remove(q);
         ngx_queue_init(q);
         conf->nidle--;
@@ -1150,6 +1166,7 @@ ngx_http_matrix_http_write_handler(ngx_event_t *wev)
 {
     ssize_t                       n;
     ngx_connection_t             *c;
+    ngx_http_matrix_http_req_t   *hr;
     ngx_http_matrix_http_conn_t  *hc;
 
     c = wev->data;
@@ -1160,9 +1177,10 @@ ngx_http_matrix_http_write_handler(ngx_event_t *wev)
             (void) ngx_snprintf(hc->hr->errbuf, sizeof(hc->hr->errbuf) - 1,
                                 "connecting to %V timed out%Z",
                                 &hc->addr_text);
-            hc->hr->conn = NULL;
+            hr = hc->hr;
+            hr->conn = NULL;
             ngx_http_matrix_http_close(hc);
-            ngx_http_matrix_http_connect(hc->hr);
+            ngx_http_matrix_http_connect(hr);
             return;
         }
 
@@ -1334,8 +1352,49 @@ ngx_http_matrix_http_idle_handler(ngx_event_t *ev)
  * client needs is looked at; obsolete line folding is refused.
  */
 
+static ngx_int_t ngx_http_matrix_http_parse_block(
+    ngx_http_matrix_http_conn_t *hc);
+
+
+/* interim 1xx responses are read past: the caller gets the final one */
+
 static ngx_int_t
 ngx_http_matrix_http_parse_headers(ngx_http_matrix_http_conn_t *hc)
+{
+    ngx_int_t  rc;
+
+    for ( ;; ) {
+        rc = ngx_http_matrix_http_parse_block(hc);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (hc->status >= 200 || hc->status == 101) {
+            if (hc->status == 101) {
+                /* no upgrade was asked for: the connection is not kept */
+                hc->close = 1;
+            }
+
+            return NGX_OK;
+        }
+
+        hc->content_length = -1;
+        hc->chunked = 0;
+        ngx_str_null(&hc->content_type);
+        ngx_str_null(&hc->location);
+
+        if (hc->in->pos == hc->in->last) {
+            hc->in->pos = hc->in->start;
+            hc->in->last = hc->in->start;
+            return NGX_AGAIN;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_http_parse_block(ngx_http_matrix_http_conn_t *hc)
 {
     u_char                      *p, *end, *line, *colon, *eol, *v, *ve;
     size_t                       nlen;
@@ -1366,7 +1425,7 @@ ngx_http_matrix_http_parse_headers(ngx_http_matrix_http_conn_t *hc)
     }
 
     n = ngx_atoi(p + 9, 3);
-    if (n < 100 || n > 599) {
+    if (n < 100 || n > 599 || (p[12] != ' ' && p[12] != '\r')) {
         (void) ngx_snprintf(hr->errbuf, sizeof(hr->errbuf) - 1,
                             "%V sent a bad status line%Z", &hc->addr_text);
         return NGX_ERROR;
@@ -1520,8 +1579,15 @@ ngx_http_matrix_http_body(ngx_http_matrix_http_conn_t *hc, u_char *p,
     hr = hc->hr;
 
     if ((hc->status >= 100 && hc->status < 200) || hc->status == 204
-        || hc->status == 304 || hr->method.len == 4 /* HEAD */)
+        || hc->status == 304
+        || (hr->method.len == 4
+            && ngx_strncmp(hr->method.data, "HEAD", 4) == 0))
     {
+        if (len) {
+            /* bytes after a response without a body: not kept */
+            hc->close = 1;
+        }
+
         return NGX_OK;
     }
 
@@ -1814,7 +1880,11 @@ ngx_http_matrix_http_failed(ngx_http_matrix_http_conn_t *hc, const char *why)
     ngx_http_matrix_http_req_t  *hr;
 
     hr = hc->hr;
-    again = (hr && hc->kept && !hc->got_bytes);
+
+    /* sent again only what may be sent twice */
+    again = (hr && hc->kept && !hc->got_bytes
+             && !(hr->method.len == 4
+                  && ngx_strncmp(hr->method.data, "POST", 4) == 0));
 
     hc->hr = NULL;
     ngx_http_matrix_http_close(hc);

@@ -463,7 +463,21 @@ ngx_http_matrix_key_merge(ngx_http_matrix_key_server_t *ks,
         }
 
         if (ngx_memcmp(have->public_key, k->public_key, 32) != 0) {
-            /* the same ID for another key: the old one stays believed */
+
+            /*
+             * The same ID for another key: the old one stays believed
+             * while it is valid; once it is not, the server may have been
+             * set up anew (some reuse a fixed key ID), and the new,
+             * self-signed key takes its place.
+             */
+
+            if (have->expired_ts == 0
+                && have->valid_until_ts < ngx_http_matrix_now_ms()
+                && k->expired_ts == 0)
+            {
+                *have = *k;
+            }
+
             continue;
         }
 
