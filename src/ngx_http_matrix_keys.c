@@ -15,19 +15,12 @@
 #define NGX_HTTP_MATRIX_KEY_FILE_MAX  65536
 
 
-struct ngx_http_matrix_key_doc_s {
-    u_char                     *data;       /* canonical, signed */
-    size_t                      len;
-    int64_t                     valid_until_ts;
-    int64_t                     refresh_ts;
-};
+
 
 
 static void ngx_http_matrix_keys_cleanup(void *data);
 static void ngx_http_matrix_key_doc_cleanup(void *data);
 static ngx_int_t ngx_http_matrix_key_id_valid(ngx_str_t *key_id);
-static ngx_http_matrix_key_doc_t *ngx_http_matrix_key_doc(
-    ngx_http_matrix_srv_conf_t *mscf, ngx_log_t *log);
 static json_t *ngx_http_matrix_key_doc_json(ngx_http_matrix_srv_conf_t *mscf,
     int64_t valid_until_ts);
 static ngx_int_t ngx_http_matrix_key_server_handler(ngx_http_request_t *r,
@@ -403,7 +396,7 @@ ngx_http_matrix_key_server_handler(ngx_http_request_t *r,
 }
 
 
-static ngx_http_matrix_key_doc_t *
+ngx_http_matrix_key_doc_t *
 ngx_http_matrix_key_doc(ngx_http_matrix_srv_conf_t *mscf, ngx_log_t *log)
 {
     json_t                     *json;

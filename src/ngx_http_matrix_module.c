@@ -18,6 +18,7 @@
 
 
 static ngx_int_t ngx_http_matrix_handler(ngx_http_request_t *r);
+static void ngx_http_matrix_body_read(ngx_http_request_t *r);
 
 static char *ngx_http_matrix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -202,13 +203,69 @@ ngx_http_matrix_handler(ngx_http_request_t *r)
 {
     ngx_int_t  rc;
 
-    rc = ngx_http_discard_request_body(r);
+    if (!(r->method & (NGX_HTTP_POST|NGX_HTTP_PUT))) {
+        rc = ngx_http_discard_request_body(r);
 
-    if (rc != NGX_OK) {
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_matrix_route_request(r);
+    }
+
+    /* JSON bodies are read whole, in memory, before routing */
+
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_matrix_body_read);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         return rc;
     }
 
-    return ngx_http_matrix_route_request(r);
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_matrix_body_read(ngx_http_request_t *r)
+{
+    ngx_http_finalize_request(r, ngx_http_matrix_route_request(r));
+}
+
+
+json_t *
+ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *status,
+    const char **why)
+{
+    json_t       *v;
+    mx_err_t      err;
+    ngx_buf_t    *b;
+
+    *status = NGX_HTTP_BAD_REQUEST;
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        *why = "A JSON body is required";
+        return NULL;
+    }
+
+    if (r->request_body->temp_file || r->request_body->bufs->next) {
+        /* larger than client_body_buffer_size */
+        *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        *why = "The body is larger than client_body_buffer_size";
+        return NULL;
+    }
+
+    b = r->request_body->bufs->buf;
+
+    v = mx_json_parse((char *) b->pos, b->last - b->pos, 0, &err);
+    if (v == NULL || !json_is_object(v)) {
+        json_decref(v);
+        *why = "The body is not a JSON object";
+        return NULL;
+    }
+
+    return v;
 }
 
 

@@ -114,6 +114,10 @@ ngx_int_t ngx_http_matrix_add_header(ngx_http_request_t *r, const char *key,
     ngx_str_t *value);
 int64_t ngx_http_matrix_now_ms(void);
 
+/* the request's JSON body object, read by the handler; NULL: *status */
+json_t *ngx_http_matrix_request_json(ngx_http_request_t *r,
+    ngx_int_t *status, const char **why);
+
 
 extern ngx_module_t  ngx_http_matrix_module;
 

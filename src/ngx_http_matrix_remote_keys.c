@@ -22,6 +22,7 @@
 #define NGX_HTTP_MATRIX_KEYS_MAX_PER       32
 #define NGX_HTTP_MATRIX_KEYS_RETRY         60000     /* after a failure */
 #define NGX_HTTP_MATRIX_KEYS_REFETCH       30000     /* for an unknown key */
+#define NGX_HTTP_MATRIX_KEYS_DOC_REFETCH   2000      /* for a notary query */
 #define NGX_HTTP_MATRIX_KEYS_DOC_MAX       65536
 
 
@@ -35,6 +36,10 @@ typedef struct {
 
     int64_t                        failed_until;
     int64_t                        fetched;
+
+    u_char                        *doc;            /* as received, for the */
+    size_t                         doc_len;        /* notary (ngx_alloc) */
+    int64_t                        doc_valid_until;
     u_char                         failure[200];
 
     ngx_queue_t                    waiters;
@@ -54,6 +59,10 @@ static ngx_http_matrix_key_server_t *ngx_http_matrix_key_server(
     ngx_http_matrix_remote_keys_t *rk, ngx_str_t *name);
 static ngx_int_t ngx_http_matrix_key_find(ngx_http_matrix_key_server_t *ks,
     ngx_http_matrix_key_lookup_t *kl);
+static ngx_int_t ngx_http_matrix_key_doc_lookup(
+    ngx_http_matrix_key_server_t *ks, ngx_http_matrix_key_lookup_t *kl);
+static ngx_int_t ngx_http_matrix_key_doc_copy(
+    ngx_http_matrix_key_server_t *ks, ngx_http_matrix_key_lookup_t *kl);
 static void ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks);
 static void ngx_http_matrix_key_destination_done(ngx_http_matrix_dest_t *dest);
 static void ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr);
@@ -116,6 +125,10 @@ ngx_http_matrix_remote_keys_exit_process(ngx_cycle_t *cycle)
             ngx_destroy_pool(ks->fetch_pool);
         }
 
+        if (ks->doc) {
+            ngx_free(ks->doc);
+        }
+
         ngx_free(ks);
     }
 
@@ -155,6 +168,7 @@ ngx_http_matrix_key_lookup_create(ngx_pool_t *pool, ngx_log_t *log)
     cln->data = kl;
 
     kl->log = log;
+    kl->pool = pool;
     kl->reply.handler = ngx_http_matrix_key_reply_handler;
     kl->reply.data = kl;
     kl->reply.log = log;
@@ -181,6 +195,10 @@ ngx_http_matrix_key_lookup(ngx_http_matrix_key_lookup_t *kl)
     ks = ngx_http_matrix_key_server(rk, &kl->server_name);
     if (ks == NULL) {
         return NGX_ERROR;
+    }
+
+    if (kl->want_doc) {
+        return ngx_http_matrix_key_doc_lookup(ks, kl);
     }
 
     if (ngx_http_matrix_key_find(ks, kl) == NGX_OK) {
@@ -221,6 +239,74 @@ ngx_http_matrix_key_lookup(ngx_http_matrix_key_lookup_t *kl)
 }
 
 
+/*
+ * The notary's question: the document itself, fetched again when the one
+ * known is valid for less than asked, and when that fails, the one known
+ * all the same (with its own valid_until_ts: the asker judges).
+ */
+
+static ngx_int_t
+ngx_http_matrix_key_doc_lookup(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_lookup_t *kl)
+{
+    int64_t  now;
+
+    now = ngx_http_matrix_now_ms();
+
+    if (ks->doc && ks->doc_valid_until >= kl->min_valid_ts
+        && ks->doc_valid_until > now)
+    {
+        return ngx_http_matrix_key_doc_copy(ks, kl);
+    }
+
+    /* a notary's askers may not make us hammer a server either */
+
+    if (ks->fetch_pool == NULL
+        && (now < ks->failed_until
+            || (ks->fetched && now < ks->fetched
+                                     + NGX_HTTP_MATRIX_KEYS_DOC_REFETCH)))
+    {
+        if (ks->doc) {
+            return ngx_http_matrix_key_doc_copy(ks, kl);
+        }
+
+        ngx_http_matrix_key_reply(kl, NGX_ERROR, ks->failure[0]
+                                                 ? (char *) ks->failure
+                                                 : "no key document");
+        return NGX_OK;
+    }
+
+    kl->server = ks;
+    kl->waiting = 1;
+    ngx_queue_insert_tail(&ks->waiters, &kl->queue);
+
+    if (ks->fetch_pool == NULL) {
+        ngx_http_matrix_key_fetch(ks);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_key_doc_copy(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_lookup_t *kl)
+{
+    kl->doc.data = ngx_pnalloc(kl->pool, ks->doc_len);
+    if (kl->doc.data == NULL) {
+        ngx_http_matrix_key_reply(kl, NGX_ERROR, "out of memory");
+        return NGX_OK;
+    }
+
+    ngx_memcpy(kl->doc.data, ks->doc, ks->doc_len);
+    kl->doc.len = ks->doc_len;
+
+    ngx_http_matrix_key_reply(kl, NGX_OK, NULL);
+
+    return NGX_OK;
+}
+
+
 /* the entry of a server, made if needed; the least recent one goes */
 
 static ngx_http_matrix_key_server_t *
@@ -254,6 +340,11 @@ ngx_http_matrix_key_server(ngx_http_matrix_remote_keys_t *rk,
 
             if (ks->fetch_pool == NULL) {
                 ngx_queue_remove(q);
+
+                if (ks->doc) {
+                    ngx_free(ks->doc);
+                }
+
                 ngx_free(ks);
                 rk->nservers--;
                 break;
@@ -429,6 +520,25 @@ ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr)
 
     ngx_http_matrix_key_merge(ks, &kd);
 
+    /* the document itself, for the notary: never one valid for less */
+
+    if (ks->doc == NULL || kd.valid_until_ts >= ks->doc_valid_until) {
+        u_char  *copy;
+
+        copy = ngx_alloc(hr->response.len, ngx_cycle->log);
+        if (copy) {
+            ngx_memcpy(copy, hr->response.data, hr->response.len);
+
+            if (ks->doc) {
+                ngx_free(ks->doc);
+            }
+
+            ks->doc = copy;
+            ks->doc_len = hr->response.len;
+            ks->doc_valid_until = kd.valid_until_ts;
+        }
+    }
+
     ngx_http_matrix_key_fetch_done(ks, NULL);
 }
 
@@ -525,6 +635,19 @@ ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
         ngx_queue_init(q);
         kl->waiting = 0;
         kl->server = NULL;
+
+        if (kl->want_doc) {
+            if (ks->doc) {
+                (void) ngx_http_matrix_key_doc_copy(ks, kl);
+
+            } else {
+                ngx_http_matrix_key_reply(kl, NGX_ERROR, failure
+                                                         ? failure
+                                                         : "no document");
+            }
+
+            continue;
+        }
 
         if (ngx_http_matrix_key_find(ks, kl) == NGX_OK) {
             ngx_http_matrix_key_reply(kl, NGX_OK, NULL);

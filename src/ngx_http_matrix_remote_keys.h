@@ -23,6 +23,13 @@ struct ngx_http_matrix_key_lookup_s {
     ngx_str_t                        key_id;
     int64_t                          at_ms;        /* valid then; 0: now */
 
+    /* for the notary: the server's signed document as received, valid
+       until this at least when it can be had (else the last one known) */
+    unsigned                         want_doc:1;
+    int64_t                          min_valid_ts;
+    ngx_pool_t                      *pool;
+    ngx_str_t                        doc;
+
     ngx_http_matrix_key_lookup_pt    handler;
     void                            *data;
     ngx_log_t                       *log;

@@ -41,6 +41,7 @@ ngx_int_t ngx_http_matrix_federation_auth(ngx_http_request_t *r,
 extern ngx_http_matrix_route_t  ngx_http_matrix_keys_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_discovery_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_profile_routes[];
+extern ngx_http_matrix_route_t  ngx_http_matrix_notary_routes[];
 
 
 #endif /* _NGX_HTTP_MATRIX_ROUTER_H_INCLUDED_ */
