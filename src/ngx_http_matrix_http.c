@@ -568,7 +568,8 @@ ngx_http_matrix_http_send(ngx_http_matrix_http_req_t *hr)
 
     ctx = ngx_resolve_start(hr->conf->resolver, NULL);
     if (ctx == NULL) {
-        return NGX_ERROR;
+        ngx_http_matrix_http_fail(hr, "out of memory");
+        return NGX_OK;
     }
 
     if (ctx == NGX_NO_RESOLVER) {
@@ -585,8 +586,10 @@ ngx_http_matrix_http_send(ngx_http_matrix_http_req_t *hr)
     hr->resolving = ctx;
 
     if (ngx_resolve_name(ctx) != NGX_OK) {
+        /* ngx_resolve_name() has freed ctx */
         hr->resolving = NULL;
-        return NGX_ERROR;
+        ngx_http_matrix_http_fail(hr, "cannot look \"%V\" up", &hr->host);
+        return NGX_OK;
     }
 
     return NGX_OK;
@@ -1396,7 +1399,7 @@ ngx_http_matrix_http_parse_headers(ngx_http_matrix_http_conn_t *hc)
 static ngx_int_t
 ngx_http_matrix_http_parse_block(ngx_http_matrix_http_conn_t *hc)
 {
-    u_char                      *p, *end, *line, *colon, *eol, *v, *ve;
+    u_char                      *p, *end, *line, *colon, *eol, *v, *ve, *ch;
     size_t                       nlen;
     ngx_int_t                    n;
     ngx_http_matrix_http_req_t  *hr;
@@ -1467,6 +1470,15 @@ ngx_http_matrix_http_parse_block(ngx_http_matrix_http_conn_t *hc)
         ve = eol;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
             ve--;
+        }
+
+        for (ch = v; ch < ve; ch++) {
+            if ((*ch < 0x20 && *ch != '\t') || *ch == 0x7f) {
+                (void) ngx_snprintf(hr->errbuf, sizeof(hr->errbuf) - 1,
+                                    "%V sent a control character in a "
+                                    "header%Z", &hc->addr_text);
+                return NGX_ERROR;
+            }
         }
 
         if (nlen == sizeof("Content-Length") - 1
@@ -1928,7 +1940,12 @@ ngx_http_matrix_http_close(ngx_http_matrix_http_conn_t *hc)
 #if (NGX_SSL)
         if (c->ssl) {
             c->ssl->no_wait_shutdown = 1;
-            (void) ngx_ssl_shutdown(c);
+
+            if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
+                /* close_notify not sent: nobody waits for it, free it */
+                SSL_free(c->ssl->connection);
+                c->ssl = NULL;
+            }
         }
 #endif
 

@@ -41,6 +41,7 @@ my %answers = (
     '/fresh' => sub { ok200('{"fresh":1}') },
     '/nocontent-extra' => sub { "HTTP/1.1 204 No Content\r\n\r\nGARBAGE" },
     '/status2000' => sub { "HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n" },
+    '/control' => sub { "HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\n{}" },
 );
 
 my $listen = IO::Socket::INET->new(Listen => 16, LocalAddr => '127.0.0.1',
@@ -116,6 +117,10 @@ is $body, '{"fresh":1}', 'does not poison the next request';
 
 (undef, undef, my $head) = fetch('uri=/status2000');
 like $head, qr/^status: 0\nerror: .*bad status line/, 'a four-digit status is refused';
+
+(undef, undef, $head) = fetch('uri=/control');
+like $head, qr/^status: 0\nerror: .*control character/,
+    'a control character in a header value is refused';
 
 (undef, undef, $head) = fetch('uri=/x&timeout=12000', $deaf->sockport);
 like $head, qr/^status: 0\nerror: .*(timed out|cannot connect)/,
