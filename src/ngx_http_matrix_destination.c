@@ -236,6 +236,30 @@ ngx_http_matrix_dest_cache_init(void)
 }
 
 
+static void ngx_http_matrix_dest_cache_remove(
+    ngx_http_matrix_dest_entry_t *e);
+
+
+/* at worker exit: the cache is the worker's, and goes with it */
+
+void
+ngx_http_matrix_dest_exit_process(void)
+{
+    ngx_queue_t                   *q;
+    ngx_http_matrix_dest_entry_t  *e;
+
+    if (!ngx_http_matrix_dest_ready) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&ngx_http_matrix_dest_lru)) {
+        q = ngx_queue_head(&ngx_http_matrix_dest_lru);
+        e = ngx_queue_data(q, ngx_http_matrix_dest_entry_t, queue);
+        ngx_http_matrix_dest_cache_remove(e);
+    }
+}
+
+
 static ngx_http_matrix_dest_entry_t *
 ngx_http_matrix_dest_cache_find(ngx_str_t *name)
 {

@@ -81,6 +81,7 @@ ngx_http_matrix_dest_t *ngx_http_matrix_dest_create(ngx_cycle_t *cycle,
     ngx_pool_t *pool, ngx_log_t *log);
 ngx_int_t ngx_http_matrix_dest_resolve(ngx_http_matrix_dest_t *d);
 void ngx_http_matrix_dest_abandon(ngx_http_matrix_dest_t *d);
+void ngx_http_matrix_dest_exit_process(void);
 
 
 #endif /* _NGX_HTTP_MATRIX_DESTINATION_H_INCLUDED_ */

@@ -13,6 +13,7 @@
 #include "ngx_http_matrix_pg.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_remote_keys.h"
+#include "ngx_http_matrix_destination.h"
 
 #include <mx_ids.h>
 
@@ -591,6 +592,7 @@ ngx_http_matrix_exit_process(ngx_cycle_t *cycle)
 
     if (mmcf) {
         ngx_http_matrix_remote_keys_exit_process(cycle);
+        ngx_http_matrix_dest_exit_process();
         ngx_http_matrix_http_exit_process(cycle);
     }
 }
