@@ -2119,6 +2119,24 @@ ngx_http_matrix_pg_for_request(ngx_http_request_t *r)
 }
 
 
+/* the worker's pool, for work with no request; NULL: no database */
+
+ngx_http_matrix_pg_t *
+ngx_http_matrix_pg_of_cycle(void)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_matrix_module);
+
+    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->pg->started) {
+        return NULL;
+    }
+
+    return mmcf->pg;
+}
+
+
 ngx_http_matrix_pg_query_t *
 ngx_http_matrix_pg_query_create(ngx_http_matrix_pg_t *pg, ngx_pool_t *pool,
     ngx_log_t *log)

@@ -120,6 +120,7 @@ void ngx_http_matrix_pg_exit_process(ngx_http_matrix_pg_t *pg);
 /* use */
 
 ngx_http_matrix_pg_t *ngx_http_matrix_pg_for_request(ngx_http_request_t *r);
+ngx_http_matrix_pg_t *ngx_http_matrix_pg_of_cycle(void);
 ngx_http_matrix_pg_query_t *ngx_http_matrix_pg_query_create(
     ngx_http_matrix_pg_t *pg, ngx_pool_t *pool, ngx_log_t *log);
 ngx_int_t ngx_http_matrix_pg_param(ngx_http_matrix_pg_query_t *q,

@@ -7,6 +7,10 @@
  * and, after a failure, until when not to try again.  A lookup that
  * finds no valid key joins the entry's waiters; the first one starts the
  * fetch, every waiter hears its outcome.
+ *
+ * Documents are kept in Postgres too (server_key_json), when the module
+ * has a database: a worker that has not seen a server yet looks there
+ * before it asks the network, so a restart does not refetch the world.
  */
 
 
@@ -14,6 +18,7 @@
 #include "ngx_http_matrix_remote_keys.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_destination.h"
+#include "ngx_http_matrix_pg.h"
 
 #include <mx_key_doc.h>
 
@@ -36,6 +41,8 @@ typedef struct {
 
     int64_t                        failed_until;
     int64_t                        fetched;
+
+    unsigned                       db_tried:1;
 
     u_char                        *doc;            /* as received, for the */
     size_t                         doc_len;        /* notary (ngx_alloc) */
@@ -64,6 +71,16 @@ static ngx_int_t ngx_http_matrix_key_doc_lookup(
 static ngx_int_t ngx_http_matrix_key_doc_copy(
     ngx_http_matrix_key_server_t *ks, ngx_http_matrix_key_lookup_t *kl);
 static void ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks);
+static void ngx_http_matrix_key_db_loaded(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks);
+static void ngx_http_matrix_key_db_stored(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_key_network(ngx_http_matrix_key_server_t *ks);
+static ngx_int_t ngx_http_matrix_key_take_doc(
+    ngx_http_matrix_key_server_t *ks, u_char *text, size_t len, u_char *why);
+static ngx_uint_t ngx_http_matrix_key_satisfied(
+    ngx_http_matrix_key_server_t *ks);
+static void ngx_http_matrix_key_wake(ngx_http_matrix_key_server_t *ks,
+    const char *failure);
 static void ngx_http_matrix_key_destination_done(ngx_http_matrix_dest_t *dest);
 static void ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_key_merge(ngx_http_matrix_key_server_t *ks,
@@ -407,7 +424,6 @@ ngx_http_matrix_key_find(ngx_http_matrix_key_server_t *ks,
 static void
 ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
 {
-    ngx_http_matrix_dest_t         *dest;
     ngx_http_matrix_remote_keys_t  *rk;
 
     rk = ngx_http_matrix_remote_keys_get();
@@ -417,6 +433,75 @@ ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
         ngx_http_matrix_key_fetch_done(ks, "out of memory");
         return;
     }
+
+    if (!ks->db_tried && ngx_http_matrix_pg_of_cycle() != NULL) {
+        ngx_http_matrix_pg_query_t  *q;
+
+        static ngx_http_matrix_pg_stmt_t  load =
+            ngx_http_matrix_pg_stmt("SELECT key_json FROM server_key_json "
+                                    "WHERE server_name = $1 "
+                                    "AND from_server = $1", 1);
+
+        ks->db_tried = 1;
+
+        q = ngx_http_matrix_pg_query_create(ngx_http_matrix_pg_of_cycle(),
+                                            ks->fetch_pool, rk->log);
+        if (q) {
+            ngx_str_t  name = { ks->name_len, ks->name };
+
+            q->stmt = &load;
+            q->nparams = 1;
+            q->handler = ngx_http_matrix_key_db_loaded;
+            q->data = ks;
+
+            if (ngx_http_matrix_pg_param(q, 0, &name) == NGX_OK
+                && ngx_http_matrix_pg_run(q) == NGX_OK)
+            {
+                return;
+            }
+        }
+    }
+
+    ngx_http_matrix_key_network(ks);
+}
+
+
+/* what the database had: enough for every waiter, or the network asked */
+
+static void
+ngx_http_matrix_key_db_loaded(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_http_matrix_key_server_t  *ks;
+    u_char                         why[200];
+
+    ks = q->data;
+
+    if (q->status == NGX_HTTP_MATRIX_PG_OK && PQntuples(q->result) == 1
+        && ngx_http_matrix_key_take_doc(ks,
+                                        (u_char *) PQgetvalue(q->result, 0, 0),
+                                        PQgetlength(q->result, 0, 0), why)
+           == NGX_OK
+        && ngx_http_matrix_key_satisfied(ks))
+    {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "matrix federation: keys of \"%*s\" from the database",
+                       ks->name_len, ks->name);
+
+        ngx_http_matrix_key_wake(ks, NULL);
+        return;
+    }
+
+    ngx_http_matrix_key_network(ks);
+}
+
+
+static void
+ngx_http_matrix_key_network(ngx_http_matrix_key_server_t *ks)
+{
+    ngx_http_matrix_dest_t         *dest;
+    ngx_http_matrix_remote_keys_t  *rk;
+
+    rk = ngx_http_matrix_remote_keys_get();
 
     dest = ngx_http_matrix_dest_create((ngx_cycle_t *) ngx_cycle,
                                        ks->fetch_pool, rk->log);
@@ -477,11 +562,8 @@ ngx_http_matrix_key_destination_done(ngx_http_matrix_dest_t *dest)
 static void
 ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr)
 {
-    json_t                        *doc;
-    mx_err_t                       err;
-    mx_key_doc_t                   kd;
     ngx_http_matrix_key_server_t  *ks;
-    u_char                         name[256], buf[200];
+    u_char                         buf[200];
 
     ks = hr->data;
 
@@ -497,49 +579,189 @@ ngx_http_matrix_key_fetched(ngx_http_matrix_http_req_t *hr)
         return;
     }
 
-    doc = mx_json_parse((char *) hr->response.data, hr->response.len, 0,
-                        &err);
-    if (doc == NULL) {
-        *ngx_snprintf(buf, sizeof(buf) - 1, "its key document is not JSON: "
-                      "%s", err.msg) = '\0';
+    if (ngx_http_matrix_key_take_doc(ks, hr->response.data, hr->response.len,
+                                     buf)
+        != NGX_OK)
+    {
         ngx_http_matrix_key_fetch_done(ks, (char *) buf);
         return;
+    }
+
+    ngx_http_matrix_key_db_store(ks);
+
+    ngx_http_matrix_key_fetch_done(ks, NULL);
+}
+
+
+/* a document, checked, its keys merged, itself kept for the notary */
+
+static ngx_int_t
+ngx_http_matrix_key_take_doc(ngx_http_matrix_key_server_t *ks, u_char *text,
+    size_t len, u_char *why)
+{
+    json_t        *doc;
+    u_char        *copy;
+    mx_err_t       err;
+    mx_key_doc_t   kd;
+    u_char         name[256];
+
+    doc = mx_json_parse((char *) text, len, 0, &err);
+    if (doc == NULL) {
+        *ngx_snprintf(why, 199, "its key document is not JSON: %s",
+                      err.msg) = '\0';
+        return NGX_ERROR;
     }
 
     *ngx_cpymem(name, ks->name, ks->name_len) = '\0';
 
     if (mx_key_doc_check(doc, (char *) name, &kd, &err) != MX_OK) {
         json_decref(doc);
-        *ngx_snprintf(buf, sizeof(buf) - 1, "its key document was refused: "
-                      "%s", err.msg) = '\0';
-        ngx_http_matrix_key_fetch_done(ks, (char *) buf);
-        return;
+        *ngx_snprintf(why, 199, "its key document was refused: %s",
+                      err.msg) = '\0';
+        return NGX_ERROR;
     }
 
     json_decref(doc);
 
     ngx_http_matrix_key_merge(ks, &kd);
 
-    /* the document itself, for the notary: never one valid for less */
+    /* never one valid for less */
 
-    if (ks->doc == NULL || kd.valid_until_ts >= ks->doc_valid_until) {
-        u_char  *copy;
-
-        copy = ngx_alloc(hr->response.len, ngx_cycle->log);
+    if (ks->doc == NULL || kd.valid_until_ts > ks->doc_valid_until) {
+        copy = ngx_alloc(len, ngx_cycle->log);
         if (copy) {
-            ngx_memcpy(copy, hr->response.data, hr->response.len);
+            ngx_memcpy(copy, text, len);
 
             if (ks->doc) {
                 ngx_free(ks->doc);
             }
 
             ks->doc = copy;
-            ks->doc_len = hr->response.len;
+            ks->doc_len = len;
             ks->doc_valid_until = kd.valid_until_ts;
         }
     }
 
-    ngx_http_matrix_key_fetch_done(ks, NULL);
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_matrix_key_satisfied(ngx_http_matrix_key_server_t *ks)
+{
+    int64_t                        now;
+    ngx_queue_t                   *q;
+    ngx_http_matrix_key_lookup_t  *kl;
+
+    now = ngx_http_matrix_now_ms();
+
+    for (q = ngx_queue_head(&ks->waiters);
+         q != ngx_queue_sentinel(&ks->waiters);
+         q = ngx_queue_next(q))
+    {
+        kl = ngx_queue_data(q, ngx_http_matrix_key_lookup_t, queue);
+
+        if (kl->want_doc) {
+            if (ks->doc == NULL || ks->doc_valid_until < kl->min_valid_ts
+                || ks->doc_valid_until <= now)
+            {
+                return 0;
+            }
+
+        } else if (ngx_http_matrix_key_find(ks, kl) != NGX_OK) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
+ * Kept for the next start; a later document never replaces one valid
+ * for longer.  On a pool of its own: it outlives the fetch.
+ */
+
+static void
+ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks)
+{
+    ngx_str_t                    v;
+    ngx_pool_t                  *pool;
+    ngx_http_matrix_pg_t        *pg;
+    ngx_http_matrix_pg_query_t  *q;
+    u_char                       until[NGX_INT64_LEN + 1];
+    u_char                       now[NGX_INT64_LEN + 1];
+
+    static ngx_http_matrix_pg_stmt_t  store =
+        ngx_http_matrix_pg_stmt(
+            "INSERT INTO server_key_json AS k (server_name, from_server, "
+            "key_json, valid_until_ts, fetched_ts) "
+            "VALUES ($1, $1, $2, $3, $4) "
+            "ON CONFLICT (server_name, from_server) DO UPDATE SET "
+            "key_json = EXCLUDED.key_json, "
+            "valid_until_ts = EXCLUDED.valid_until_ts, "
+            "fetched_ts = EXCLUDED.fetched_ts "
+            "WHERE k.valid_until_ts <= EXCLUDED.valid_until_ts", 4);
+
+    pg = ngx_http_matrix_pg_of_cycle();
+
+    if (pg == NULL || ks->doc == NULL) {
+        return;
+    }
+
+    pool = ngx_create_pool(1024 + ks->doc_len, ngx_cycle->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    q = ngx_http_matrix_pg_query_create(pg, pool, ngx_cycle->log);
+    if (q == NULL) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    *ngx_sprintf(until, "%L", ks->doc_valid_until) = '\0';
+    *ngx_sprintf(now, "%L", ngx_http_matrix_now_ms()) = '\0';
+
+    q->stmt = &store;
+    q->nparams = 4;
+    q->handler = ngx_http_matrix_key_db_stored;
+    q->data = pool;
+
+    v.data = ks->name;
+    v.len = ks->name_len;
+    (void) ngx_http_matrix_pg_param(q, 0, &v);
+
+    v.data = ks->doc;
+    v.len = ks->doc_len;
+    (void) ngx_http_matrix_pg_param(q, 1, &v);
+
+    v.data = until;
+    v.len = ngx_strlen(until);
+    (void) ngx_http_matrix_pg_param(q, 2, &v);
+
+    v.data = now;
+    v.len = ngx_strlen(now);
+    (void) ngx_http_matrix_pg_param(q, 3, &v);
+
+    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static void
+ngx_http_matrix_key_db_stored(ngx_http_matrix_pg_query_t *q)
+{
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_log_error(NGX_LOG_WARN, q->log, 0,
+                      "matrix federation: a key document was not kept in "
+                      "the database: %s%s%V",
+                      ngx_http_matrix_pg_status_text(q->status),
+                      q->error.len ? ": " : "", &q->error);
+    }
+
+    ngx_destroy_pool(q->data);
 }
 
 
@@ -609,10 +831,6 @@ static void
 ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
     const char *failure)
 {
-    ngx_queue_t                   *q;
-    ngx_pool_t                    *pool;
-    ngx_http_matrix_key_lookup_t  *kl;
-
     if (failure) {
         ngx_cpystrn(ks->failure, (u_char *) failure, sizeof(ks->failure));
         ks->failed_until = ngx_http_matrix_now_ms()
@@ -626,6 +844,18 @@ ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
         ks->failed_until = 0;
         ks->fetched = ngx_http_matrix_now_ms();
     }
+
+    ngx_http_matrix_key_wake(ks, failure);
+}
+
+
+static void
+ngx_http_matrix_key_wake(ngx_http_matrix_key_server_t *ks,
+    const char *failure)
+{
+    ngx_queue_t                   *q;
+    ngx_pool_t                    *pool;
+    ngx_http_matrix_key_lookup_t  *kl;
 
     while (!ngx_queue_empty(&ks->waiters)) {
         q = ngx_queue_head(&ks->waiters);

@@ -143,4 +143,34 @@ unlike $log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
 like $log, qr/keys of "forged\.test": its key document was refused/,
     'a refused key document is logged with the reason';
 
+# --- kept in Postgres: a restart does not refetch -------------------------------
+
+is $pg->psql(q{SELECT count(*) FROM matrix.server_key_json
+               WHERE server_name = 'remote.test'
+                 AND from_server = 'remote.test'}), '1',
+    'the key document of remote.test is kept in the database';
+is $pg->psql(q{SELECT count(*) FROM matrix.server_key_json
+               WHERE server_name = 'forged.test'}), '0',
+    'a refused one is not';
+
+my $before = () = $fake->requests(endpoint => 'key');
+
+$ngx = MatrixNginx->start(http => <<"EOF",
+    matrix_server_name module.test;
+    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
+    matrix_postgres "@{[ $pg->conninfo ]}" max=2 timeout=3s;
+    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
+    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
+    matrix_federation_allow_ip 127.0.0.0/8;
+EOF
+    server => '        location /_matrix/ { matrix; }');
+
+($status) = get(signed('remote.test'));
+is $status, 200, 'after a restart, a signed request';
+is scalar(() = $fake->requests(endpoint => 'key')), $before,
+    'is checked with the key from the database, not fetched again';
+
+$ngx->stop;
+unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
+
 done_testing;
