@@ -11,12 +11,12 @@ use strict;
 use warnings;
 
 use Test::More;
-use URI::Escape qw(uri_escape);
 use Time::HiRes qw(time sleep);
 
 use MatrixPg;
 use MatrixNginx;
 use MatrixTest;
+use MatrixPgtest;
 
 plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
 plan skip_all => 'MATRIX_PGTEST_MODULE not built'
@@ -38,53 +38,14 @@ INSERT INTO matrix_silo.users VALUES
 CREATE TABLE public.ledger (id serial PRIMARY KEY, note text);
 SQL
 
-sub start_nginx {
-    my (%o) = @_;
-
-    my $pool = $o{pool} // 'max=2 timeout=3s';
-
-    return MatrixNginx->start(workers => $o{workers} // 1, http => <<"EOF",
-    matrix_postgres "@{[ $o{conninfo} // $pg->conninfo ]}" $pool;
-    matrix_server_name example.org;
-    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
-    @{[ $o{http} // '' ]}
-EOF
-        server => <<'EOF');
-        location /_matrix/ { matrix; }
-        location /sql { matrix_pgtest; }
-        location /notes { matrix_pgtest_notifications; }
-EOF
-}
-
-sub sql_url {
-    my (%a) = @_;
-    return '/sql?' . join '&', map { "$_=" . uri_escape($a{$_}) } sort keys %a;
-}
-
-sub sql {
-    my ($ngx, %a) = @_;
-    my ($status, undef, $body, $t) = $ngx->get(sql_url(%a));
-    return wantarray ? ($body, $t, $status) : $body;
-}
 
 my $PROFILE = '/_matrix/client/v3/profile/@alice:example.org';
-
-# Polls until $cond returns true or $secs pass.
-sub eventually {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.1;
-    }
-    return $cond->();
-}
 
 
 # --- statements -------------------------------------------------------------
 
 {
-    my $ngx = start_nginx();
+    my $ngx = pgtest_nginx($pg);
 
     is sql($ngx, sql => 'SELECT 1, NULL, \'x\''), "1: ok\n  1|NULL|x\n",
         'a one-off statement';
@@ -148,7 +109,7 @@ sub eventually {
 # --- one worker: a slow statement does not hold up the others -------------
 
 {
-    my $ngx = start_nginx(pool => 'max=4 timeout=10s');
+    my $ngx = pgtest_nginx($pg, pool => 'max=4 timeout=10s');
 
     $ngx->get($PROFILE);      # connections up, statements prepared
 
@@ -178,7 +139,7 @@ sub eventually {
 # --- pool exhaustion: waiters queue, then time out --------------------------
 
 {
-    my $ngx = start_nginx(pool => 'max=1 timeout=1500ms');
+    my $ngx = pgtest_nginx($pg, pool => 'max=1 timeout=1500ms');
 
     sql($ngx, sql => 'SELECT 1');
 
@@ -214,7 +175,7 @@ sub eventually {
 # --- statement timeout: the connection goes, the server stops too ----------
 
 {
-    my $ngx = start_nginx(pool => 'max=2 timeout=10s');
+    my $ngx = pgtest_nginx($pg, pool => 'max=2 timeout=10s');
 
     my ($body, $t) = sql($ngx, stmt => 'sleep', p1 => 30, timeout => 500);
     like $body, qr/^1: timed out/, 'a statement past its timeout';
@@ -234,7 +195,7 @@ sub eventually {
 # --- transactions on a lease ------------------------------------------------
 
 {
-    my $ngx = start_nginx(pool => 'max=1 timeout=3s');
+    my $ngx = pgtest_nginx($pg, pool => 'max=1 timeout=3s');
 
     is sql($ngx, tx => 1, sql => 'BEGIN',
            sql2 => "INSERT INTO public.ledger (note) VALUES ('kept')",
@@ -272,7 +233,7 @@ sub eventually {
 # --- LISTEN/NOTIFY and work with no request ---------------------------------
 
 {
-    my $ngx = start_nginx(pool => 'max=2 timeout=2s', http => <<'EOF');
+    my $ngx = pgtest_nginx($pg, pool => 'max=2 timeout=2s', http => <<'EOF');
     matrix_pgtest_listen mx_test_channel;
     matrix_pgtest_listen "another one";
     matrix_pgtest_timer 200ms "SELECT 1";
@@ -360,7 +321,7 @@ EOF
 # --- restart under load ------------------------------------------------------
 
 {
-    my $ngx = start_nginx(pool => 'max=4 timeout=2s', workers => 2);
+    my $ngx = pgtest_nginx($pg, pool => 'max=4 timeout=2s', workers => 2);
 
     ok eventually(5, sub { ($ngx->get($PROFILE))[0] == 200 }), 'up';
 
@@ -404,7 +365,7 @@ EOF
 # --- unreachable: a TCP address that never answers --------------------------
 
 {
-    my $ngx = start_nginx(
+    my $ngx = pgtest_nginx($pg,
         conninfo => 'hostaddr=192.0.2.1 port=5432 dbname=x user=x',
         pool => 'max=2 timeout=700ms');
 

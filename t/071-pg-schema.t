@@ -13,6 +13,7 @@ use Time::HiRes qw(time sleep);
 use MatrixPg;
 use MatrixNginx;
 use MatrixTest qw(tool);
+use MatrixPgtest qw(eventually);
 
 plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
 
@@ -41,15 +42,6 @@ EOF
         server => '        location /_matrix/ { matrix; }');
 }
 
-sub eventually {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.1;
-    }
-    return $cond->();
-}
 
 my $PROFILE = '/_matrix/client/v3/profile/@alice:example.org';
 

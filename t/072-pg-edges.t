@@ -8,13 +8,13 @@ use strict;
 use warnings;
 
 use Test::More;
-use URI::Escape qw(uri_escape);
 use Time::HiRes qw(time sleep);
 use POSIX qw(WNOHANG);
 
 use MatrixPg;
 use MatrixNginx;
 use MatrixTest;
+use MatrixPgtest;
 
 plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
 plan skip_all => 'MATRIX_PGTEST_MODULE not built'
@@ -33,42 +33,6 @@ INSERT INTO matrix_silo.users VALUES ('1', 'alice', 'Alice', NULL, false);
 CREATE TABLE public.ledger (id serial PRIMARY KEY, note text);
 SQL
 
-sub start_nginx {
-    my (%o) = @_;
-
-    return MatrixNginx->start(http => <<"EOF",
-    matrix_postgres "@{[ $o{conninfo} // $pg->conninfo ]}" @{[ $o{pool} // 'max=2 timeout=3s' ]};
-    matrix_server_name example.org;
-    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
-    @{[ $o{http} // '' ]}
-EOF
-        server => <<'EOF');
-        location /_matrix/ { matrix; }
-        location /sql { matrix_pgtest; }
-        location /notes { matrix_pgtest_notifications; }
-EOF
-}
-
-sub sql_url {
-    my (%a) = @_;
-    return '/sql?' . join '&', map { "$_=" . uri_escape($a{$_}) } sort keys %a;
-}
-
-sub sql {
-    my ($ngx, %a) = @_;
-    my ($status, undef, $body, $t) = $ngx->get(sql_url(%a));
-    return wantarray ? ($body, $t) : $body;
-}
-
-sub eventually {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.1;
-    }
-    return $cond->();
-}
 
 my $PROFILE = '/_matrix/client/v3/profile/@alice:example.org';
 my $ALERTS = qr/\[(alert|crit|emerg)\]/;
@@ -77,7 +41,7 @@ my $ALERTS = qr/\[(alert|crit|emerg)\]/;
 # --- COPY, a lease granted at once, a lease that loses its connection ---------
 
 {
-    my $ngx = start_nginx(pool => 'max=1 timeout=3s');
+    my $ngx = pgtest_nginx($pg, pool => 'max=1 timeout=3s');
 
     my ($body, $t) = sql($ngx, sql => 'COPY (SELECT 1) TO STDOUT');
     like $body, qr/^1: connection lost: COPY is not supported/,
@@ -117,7 +81,7 @@ my $ALERTS = qr/\[(alert|crit|emerg)\]/;
 {
     # prefer-standby: libpq connects, sees a primary, closes, and connects
     # again; the new socket gets the number the old one had
-    my $ngx = start_nginx(
+    my $ngx = pgtest_nginx($pg,
         conninfo => $pg->conninfo . ' target_session_attrs=prefer-standby');
 
     my $ok = 0;
@@ -141,7 +105,7 @@ my $ALERTS = qr/\[(alert|crit|emerg)\]/;
 # --- subscribing from inside a notification; notices -----------------------
 
 {
-    my $ngx = start_nginx(http => "    matrix_pgtest_listen early_channel;\n");
+    my $ngx = pgtest_nginx($pg, http => "    matrix_pgtest_listen early_channel;\n");
 
     my $notes = '';
     my $note = sub { $notes .= ($ngx->get('/notes'))[2]; };
@@ -185,7 +149,7 @@ my $ALERTS = qr/\[(alert|crit|emerg)\]/;
 # --- the schema's retries back off ---------------------------------------------
 
 {
-    my $ngx = start_nginx(http => "    matrix_schema nowhere;\n"
+    my $ngx = pgtest_nginx($pg, http => "    matrix_schema nowhere;\n"
                                   . "    matrix_migrate off;\n");
     sleep 6.5;
     $ngx->stop;
@@ -200,7 +164,7 @@ my $ALERTS = qr/\[(alert|crit|emerg)\]/;
 # --- told to stop while connecting ----------------------------------------------
 
 {
-    my $ngx = start_nginx(
+    my $ngx = pgtest_nginx($pg,
         conninfo => 'hostaddr=192.0.2.1 port=5432 dbname=x user=x',
         pool => 'max=2 timeout=30s');
 
