@@ -11,6 +11,8 @@
 set -e
 cd "$(dirname "$0")/../.."
 
+. bench/lib.sh
+
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -23,19 +25,7 @@ mkdir -p $run/logs
 build/matrix-tool keygen $run/signing.key >/dev/null
 
 write_conf() {
-    cat > $run/nginx.conf <<CONF
-load_module $(pwd)/build/ngx_http_matrix_module.so;
-worker_processes 1;
-pid $run/nginx.pid;
-error_log $run/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $run/body;
-    proxy_temp_path $run/proxy;
-    fastcgi_temp_path $run/fastcgi;
-    uwsgi_temp_path $run/uwsgi;
-    scgi_temp_path $run/scgi;
+    { bench_nginx_head $run $(pwd)/build/ngx_http_matrix_module.so; cat <<CONF
 
     matrix_server_name bench.example.org;
     matrix_signing_key $run/signing.key;
@@ -53,6 +43,7 @@ http {
     }
 }
 CONF
+    } > $run/nginx.conf
 }
 
 # first start: learn the document's bytes, then serve them as the baseline

@@ -38,13 +38,14 @@
 set -e
 cd "$(dirname "$0")/../.."
 
+. bench/lib.sh
+
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 SCALE=${SCALE:-10}
 DB_CONNECTIONS=${DB_CONNECTIONS:-8}
 CONNECTIONS=${CONNECTIONS:-$((DB_CONNECTIONS * 2))}
 PORT=${PORT:-18449}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 
 ROWS=$((SCALE * 100000))
 SERVER=bench.example
@@ -57,13 +58,6 @@ for t in wrk pgbench psql curl taskset; do
     command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
 done
 
-# initdb and postgres refuse to run as root; from / in case the postgres
-# user cannot reach this checkout (under /root, say)
-as_pg=""
-if [ "$(id -u)" = 0 ]; then
-    as_pg="runuser -u postgres --"
-fi
-pg() { (cd / && $as_pg "$@"); }
 
 # a short path: unix socket paths are limited to 107 bytes
 run=$(mktemp -d /tmp/mxbench-pg-XXXXXX)
@@ -71,40 +65,14 @@ chmod 0755 $run
 
 cleanup() {
     [ -f $run/nginx.pid ] && kill $(cat $run/nginx.pid) 2>/dev/null || true
-    [ -f $run/data/postmaster.pid ] \
-        && pg $PG_BIN/pg_ctl -D $run/data -w -m immediate stop >/dev/null 2>&1 || true
+    bench_pg_stop $run
     rm -rf $run
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# the cluster, as t/lib/MatrixPg.pm makes it: the tests' initdb'd
-# template when there is one (a tenth of the time), else initdb
-if [ -f build/pg-template/PG_VERSION ] \
-    && [ "$(cat build/pg-template/PG_VERSION)" = 15 ]
-then
-    cp -a build/pg-template $run/data
-else
-    mkdir -m 0700 $run/data
-    [ -n "$as_pg" ] && chown postgres: $run/data
-    pg $PG_BIN/initdb -D $run/data -U postgres --auth=trust -E UTF8 \
-        --locale=C.UTF-8 --no-sync >/dev/null
-fi
-[ -n "$as_pg" ] && chown -R postgres: $run
-
-cat >> $run/data/postgresql.conf <<CONF
-listen_addresses = ''
-unix_socket_directories = '$run'
-unix_socket_permissions = 0777
-max_connections = 100
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 256MB
-log_min_messages = warning
-CONF
-
-pg $PG_BIN/pg_ctl -D $run/data -w -t 60 -l $run/server.log start >/dev/null
+# the cluster, as t/lib/MatrixPg.pm makes it (bench/lib.sh)
+bench_pg_start $run 256MB
 
 sql() {
     psql -X -q -A -t -v ON_ERROR_STOP=1 -h $run -U postgres -d bench "$@"
@@ -152,19 +120,7 @@ mkdir -p $run/logs
 cp build/ngx_http_matrix_module.so $run/
 build/matrix-tool keygen $run/signing.key >/dev/null
 
-cat > $run/nginx.conf <<CONF
-load_module $run/ngx_http_matrix_module.so;
-worker_processes 1;
-pid $run/nginx.pid;
-error_log $run/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $run/body;
-    proxy_temp_path $run/proxy;
-    fastcgi_temp_path $run/fastcgi;
-    uwsgi_temp_path $run/uwsgi;
-    scgi_temp_path $run/scgi;
+{ bench_nginx_head $run $run/ngx_http_matrix_module.so; cat <<CONF
 
     matrix_postgres "host=$run dbname=bench user=postgres" max=$DB_CONNECTIONS timeout=5s;
     matrix_server_name $SERVER;
@@ -176,6 +132,7 @@ http {
     }
 }
 CONF
+} > $run/nginx.conf
 
 taskset -c 0 /usr/sbin/nginx -p $run -c $run/nginx.conf
 sleep 0.3

@@ -37,12 +37,13 @@
 set -e
 cd "$(dirname "$0")/../.."
 
+. bench/lib.sh
+
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 DB_CONNECTIONS=${DB_CONNECTIONS:-8}
 CONNECTIONS=${CONNECTIONS:-16}
 PORT=${PORT:-18450}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 CC=${CC:-cc}
 
 SERVER=bench.test
@@ -59,13 +60,6 @@ for t in wrk psql curl taskset perl $CC; do
     command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
 done
 
-# initdb and postgres refuse to run as root; from / in case the postgres
-# user cannot reach this checkout (under /root, say)
-as_pg=""
-if [ "$(id -u)" = 0 ]; then
-    as_pg="runuser -u postgres --"
-fi
-pg() { (cd / && $as_pg "$@"); }
 
 # a short path: unix socket paths are limited to 107 bytes
 run=$(mktemp -d /tmp/mxbench-xm-XXXXXX)
@@ -74,8 +68,7 @@ chmod 0755 $run
 cleanup() {
     [ -f $run/nginx.pid ] && kill $(cat $run/nginx.pid) 2>/dev/null || true
     [ -f $run/peers.pid ] && kill $(cat $run/peers.pid) 2>/dev/null || true
-    [ -f $run/data/postmaster.pid ] \
-        && pg $PG_BIN/pg_ctl -D $run/data -w -m immediate stop >/dev/null 2>&1 || true
+    bench_pg_stop $run
     # the peers' exit removes their own temporary directories
     [ -f $run/peers.pid ] && wait $(cat $run/peers.pid) 2>/dev/null || true
     rm -rf $run
@@ -106,33 +99,8 @@ case $AUTH in
     *) die "no X-Matrix header from the fake: $AUTH" ;;
 esac
 
-# the cluster, as bench/pg makes it: the tests' initdb'd template when
-# there is one, else initdb
-if [ -f build/pg-template/PG_VERSION ] \
-    && [ "$(cat build/pg-template/PG_VERSION)" = 15 ]
-then
-    cp -a build/pg-template $run/data
-else
-    mkdir -m 0700 $run/data
-    [ -n "$as_pg" ] && chown postgres: $run/data
-    pg $PG_BIN/initdb -D $run/data -U postgres --auth=trust -E UTF8 \
-        --locale=C.UTF-8 --no-sync >/dev/null
-fi
-[ -n "$as_pg" ] && chown -R postgres: $run/data
-chown postgres: $run 2>/dev/null || true
-
-cat >> $run/data/postgresql.conf <<CONF
-listen_addresses = ''
-unix_socket_directories = '$run'
-unix_socket_permissions = 0777
-max_connections = 100
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-log_min_messages = warning
-CONF
-
-pg $PG_BIN/pg_ctl -D $run/data -w -t 60 -l $run/server.log start >/dev/null
+# the cluster, as t/lib/MatrixPg.pm makes it (bench/lib.sh)
+bench_pg_start $run 128MB
 
 # a few silo users behind the contract's "users" view, keyed by localpart
 psql -X -q -h $run -U postgres -d postgres -c 'CREATE DATABASE bench'
@@ -161,19 +129,7 @@ mkdir -p $run/logs
 cp build/ngx_http_matrix_module.so $run/
 build/matrix-tool keygen $run/signing.key >/dev/null
 
-cat > $run/nginx.conf <<CONF
-load_module $run/ngx_http_matrix_module.so;
-worker_processes 1;
-pid $run/nginx.pid;
-error_log $run/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $run/body;
-    proxy_temp_path $run/proxy;
-    fastcgi_temp_path $run/fastcgi;
-    uwsgi_temp_path $run/uwsgi;
-    scgi_temp_path $run/scgi;
+{ bench_nginx_head $run $run/ngx_http_matrix_module.so; cat <<CONF
 
     matrix_postgres "host=$run dbname=bench user=postgres" max=$DB_CONNECTIONS timeout=5s;
     matrix_server_name $SERVER;
@@ -188,6 +144,7 @@ http {
     }
 }
 CONF
+} > $run/nginx.conf
 
 taskset -c 0 /usr/sbin/nginx -p $run -c $run/nginx.conf
 sleep 0.3
