@@ -4,6 +4,7 @@
 #
 #   bench_pg_start DIR [SHARED_BUFFERS]   a cluster in DIR/data, socket in DIR
 #   bench_pg_stop DIR
+#   bench_nginx_prepare DIR               DIR/logs, a copy of the module, a key
 #   bench_nginx_head DIR MODULE           load_module ... "http {" and temp paths
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -51,6 +52,14 @@ bench_pg_stop() {
     if [ -f $1/data/postmaster.pid ]; then
         pg $PG_BIN/pg_ctl -D $1/data -w -m immediate stop >/dev/null 2>&1 || true
     fi
+}
+
+# on a copy of the module: "make" elsewhere in this checkout replaces
+# build/ngx_http_matrix_module.so, and a worker must keep what it mapped
+bench_nginx_prepare() {
+    mkdir -p $1/logs
+    cp build/ngx_http_matrix_module.so $1/
+    build/matrix-tool keygen $1/signing.key >/dev/null
 }
 
 bench_nginx_head() {

@@ -70,6 +70,8 @@ static ngx_int_t ngx_http_matrix_key_doc_lookup(
     ngx_http_matrix_key_server_t *ks, ngx_http_matrix_key_lookup_t *kl);
 static ngx_int_t ngx_http_matrix_key_doc_copy(
     ngx_http_matrix_key_server_t *ks, ngx_http_matrix_key_lookup_t *kl);
+static void ngx_http_matrix_key_wait(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_lookup_t *kl);
 static void ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks);
 static void ngx_http_matrix_key_db_loaded(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks);
@@ -244,13 +246,7 @@ ngx_http_matrix_key_lookup(ngx_http_matrix_key_lookup_t *kl)
         return NGX_OK;
     }
 
-    kl->server = ks;
-    kl->waiting = 1;
-    ngx_queue_insert_tail(&ks->waiters, &kl->queue);
-
-    if (ks->fetch_pool == NULL) {
-        ngx_http_matrix_key_fetch(ks);
-    }
+    ngx_http_matrix_key_wait(ks, kl);
 
     return NGX_OK;
 }
@@ -293,13 +289,7 @@ ngx_http_matrix_key_doc_lookup(ngx_http_matrix_key_server_t *ks,
         return NGX_OK;
     }
 
-    kl->server = ks;
-    kl->waiting = 1;
-    ngx_queue_insert_tail(&ks->waiters, &kl->queue);
-
-    if (ks->fetch_pool == NULL) {
-        ngx_http_matrix_key_fetch(ks);
-    }
+    ngx_http_matrix_key_wait(ks, kl);
 
     return NGX_OK;
 }
@@ -418,6 +408,22 @@ ngx_http_matrix_key_find(ngx_http_matrix_key_server_t *ks,
     }
 
     return NGX_DECLINED;
+}
+
+
+/* the lookup hears the outcome of the fetch, the first one starts it */
+
+static void
+ngx_http_matrix_key_wait(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_lookup_t *kl)
+{
+    kl->server = ks;
+    kl->waiting = 1;
+    ngx_queue_insert_tail(&ks->waiters, &kl->queue);
+
+    if (ks->fetch_pool == NULL) {
+        ngx_http_matrix_key_fetch(ks);
+    }
 }
 
 

@@ -113,12 +113,8 @@ case $plan in
     *) echo "$plan" >&2; die "the profile lookup is not an index scan" ;;
 esac
 
-# nginx, on a copy of the module: "make" elsewhere in this checkout
-# rewrites build/ngx_http_matrix_module.so in place, which crashes a
-# worker that has it mapped
-mkdir -p $run/logs
-cp build/ngx_http_matrix_module.so $run/
-build/matrix-tool keygen $run/signing.key >/dev/null
+# nginx, on a copy of the module (bench/lib.sh)
+bench_nginx_prepare $run
 
 { bench_nginx_head $run $run/ngx_http_matrix_module.so; cat <<CONF
 
