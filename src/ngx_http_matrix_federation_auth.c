@@ -6,8 +6,8 @@
  * signature check come before anything the route does, the database
  * included; whatever fails is a 401 M_UNAUTHORIZED saying what.
  *
- * Requests with a body are not routed here yet: the content is part of
- * what is signed, and the first routes that take one come with rooms.
+ * A request with a body (POST, PUT) has it parsed first: the content is
+ * part of what is signed, and the route finds it in ctx->body.
  */
 
 
@@ -39,9 +39,15 @@ ngx_http_matrix_federation_auth(ngx_http_request_t *r,
     ngx_list_part_t             *part;
     ngx_table_elt_t             *h, *header;
     mx_err_t                     err;
+    ngx_int_t                    rc;
     ngx_http_matrix_fed_auth_t  *fa;
 
-    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+    if (r->method & (NGX_HTTP_POST|NGX_HTTP_PUT)) {
+        if (ngx_http_matrix_request_json(r, &rc) == NULL) {
+            return rc;
+        }
+
+    } else if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_BAD_JSON",
                                           "This endpoint takes no body");
@@ -191,7 +197,7 @@ ngx_http_matrix_federation_verify(ngx_http_request_t *r,
     req.origin_len = ngx_strlen(fa->auth.origin);
     req.destination = (char *) ctx->mscf->server_name.data;
     req.destination_len = ctx->mscf->server_name.len;
-    req.content = NULL;
+    req.content = ctx->body;
 
     if (mx_xmatrix_verify(&fa->auth, &req, public_key, &err) != MX_OK) {
         return ngx_http_matrix_unauthorized(r, "The signature does not "

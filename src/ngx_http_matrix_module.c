@@ -20,6 +20,7 @@
 
 static ngx_int_t ngx_http_matrix_handler(ngx_http_request_t *r);
 static void ngx_http_matrix_body_read(ngx_http_request_t *r);
+static void ngx_http_matrix_json_release(void *data);
 
 static char *ngx_http_matrix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -236,37 +237,78 @@ ngx_http_matrix_body_read(ngx_http_request_t *r)
 
 
 json_t *
-ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *status,
-    const char **why)
+ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
 {
-    json_t       *v;
-    mx_err_t      err;
-    ngx_buf_t    *b;
+    json_t                 *v;
+    mx_err_t                err;
+    ngx_buf_t              *b;
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_matrix_ctx_t  *ctx;
 
-    *status = NGX_HTTP_BAD_REQUEST;
+    ctx = ngx_http_matrix_get_ctx(r);
+    if (ctx == NULL) {
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NULL;
+    }
+
+    if (ctx->body) {
+        return ctx->body;
+    }
 
     if (r->request_body == NULL || r->request_body->bufs == NULL) {
-        *why = "A JSON body is required";
+        *rc = ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "M_NOT_JSON",
+                                         "A JSON body is required");
         return NULL;
     }
 
     if (r->request_body->temp_file || r->request_body->bufs->next) {
-        /* larger than client_body_buffer_size */
-        *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-        *why = "The body is larger than client_body_buffer_size";
+        /* larger than client_body_buffer_size: not read from a file here */
+        *rc = ngx_http_matrix_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                         "M_TOO_LARGE",
+                                         "The body is larger than "
+                                         "client_body_buffer_size");
         return NULL;
     }
 
     b = r->request_body->bufs->buf;
 
     v = mx_json_parse((char *) b->pos, b->last - b->pos, 0, &err);
-    if (v == NULL || !json_is_object(v)) {
-        json_decref(v);
-        *why = "The body is not a JSON object";
+    if (v == NULL) {
+        *rc = ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "M_NOT_JSON",
+                                         "The body is not JSON: %s", err.msg);
         return NULL;
     }
 
+    if (!json_is_object(v)) {
+        json_decref(v);
+        *rc = ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "M_BAD_JSON",
+                                         "The body is not a JSON object");
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        json_decref(v);
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NULL;
+    }
+
+    cln->handler = ngx_http_matrix_json_release;
+    cln->data = v;
+
+    ctx->body = v;
+
     return v;
+}
+
+
+static void
+ngx_http_matrix_json_release(void *data)
+{
+    json_decref(data);
 }
 
 

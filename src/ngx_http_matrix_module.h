@@ -91,6 +91,8 @@ typedef struct {
     ngx_str_t                       origin;       /* of a verified federation
                                                      request */
     void                           *auth;
+    json_t                         *body;         /* the request's, parsed
+                                                     once, owned by r */
 
     ngx_buf_t                      *error_body;   /* instead of nginx's page */
     unsigned                        replied:1;    /* the body is ours */
@@ -114,9 +116,12 @@ ngx_int_t ngx_http_matrix_add_header(ngx_http_request_t *r, const char *key,
     ngx_str_t *value);
 int64_t ngx_http_matrix_now_ms(void);
 
-/* the request's JSON body object, read by the handler; NULL: *status */
-json_t *ngx_http_matrix_request_json(ngx_http_request_t *r,
-    ngx_int_t *status, const char **why);
+/*
+ * The request's JSON body object, parsed once and kept for the request
+ * (borrowed: not to be released); NULL when it is not one, the error
+ * already answered and *rc what the handler returns.
+ */
+json_t *ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc);
 
 
 extern ngx_module_t  ngx_http_matrix_module;

@@ -122,29 +122,24 @@ ngx_http_matrix_notary_post(ngx_http_request_t *r,
 {
     int64_t                    min_valid, m;
     json_t                    *body, *servers, *keys, *criteria;
-    ngx_int_t                  status;
+    ngx_int_t                  rc;
     const char                *server, *key_id, *why;
     ngx_http_matrix_notary_t  *nt;
 
-    body = ngx_http_matrix_request_json(r, &status, &why);
+    body = ngx_http_matrix_request_json(r, &rc);
     if (body == NULL) {
-        return ngx_http_matrix_send_error(r, status,
-                                          status == NGX_HTTP_BAD_REQUEST
-                                          ? "M_BAD_JSON" : "M_TOO_LARGE",
-                                          "%s", why);
+        return rc;
     }
 
     servers = json_object_get(body, "server_keys");
 
     if (!json_is_object(servers)) {
-        json_decref(body);
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_BAD_JSON",
                                           "server_keys must be an object");
     }
 
     if (json_object_size(servers) > NGX_HTTP_MATRIX_NOTARY_MAX_SERVERS) {
-        json_decref(body);
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_LIMIT_EXCEEDED",
                                           "At most %d servers at once",
@@ -153,7 +148,6 @@ ngx_http_matrix_notary_post(ngx_http_request_t *r,
 
     nt = ngx_http_matrix_notary_create(r, ctx);
     if (nt == NULL) {
-        json_decref(body);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -180,12 +174,9 @@ ngx_http_matrix_notary_post(ngx_http_request_t *r,
         if (ngx_http_matrix_notary_ask(nt, server, strlen(server), min_valid)
             != NGX_OK)
         {
-            json_decref(body);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
-
-    json_decref(body);
 
     if (nt->pending == 0) {
         return ngx_http_matrix_notary_reply(nt);

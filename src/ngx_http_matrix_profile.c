@@ -10,7 +10,7 @@
 
 
 #include "ngx_http_matrix_router.h"
-#include "ngx_http_matrix_pg.h"
+#include "ngx_http_matrix_profile.h"
 
 #include <mx_ids.h>
 
@@ -149,51 +149,51 @@ static ngx_int_t
 ngx_http_matrix_profile_lookup(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_profile_field_e field)
 {
-    u_char                      *colon;
-    ngx_str_t                   *user_id, localpart, server_name;
+    ctx->field = field;
+
+    return ngx_http_matrix_local_user_query(r, ctx,
+                                            &ngx_http_matrix_profile_stmt,
+                                            ngx_http_matrix_profile_done);
+}
+
+
+/*
+ * The silo user named by the route's {userId}: STMT run with its
+ * localpart, HANDLER called with the query (q->data the request); a user
+ * ID that is not this server's is a 404 without any SQL.
+ */
+
+ngx_int_t
+ngx_http_matrix_local_user_query(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_pg_stmt_t *stmt,
+    ngx_http_matrix_pg_handler_pt handler)
+{
+    ngx_str_t                    localpart;
     const char                  *why;
     ngx_http_matrix_pg_t        *pg;
     ngx_http_matrix_pg_query_t  *q;
 
-    user_id = &ctx->params[0];
-
-    if (mx_id_valid((char *) user_id->data, user_id->len, '@', 1, &why)
-        != MX_OK)
+    switch (ngx_http_matrix_local_user(ctx, &ctx->params[0], &localpart,
+                                       &why))
     {
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND", "%s", why);
+
+    default:
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_INVALID_PARAM",
                                           "Invalid user ID: %s", why);
-    }
-
-    colon = ngx_strlchr(user_id->data, user_id->data + user_id->len, ':');
-
-    localpart.data = user_id->data + 1;
-    localpart.len = colon - localpart.data;
-    server_name.data = colon + 1;
-    server_name.len = user_id->data + user_id->len - server_name.data;
-
-    if (server_name.len != ctx->mscf->server_name.len
-        || ngx_strncmp(server_name.data, ctx->mscf->server_name.data,
-                       server_name.len) != 0)
-    {
-        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
-                                          "M_NOT_FOUND",
-                                          "Profiles of other servers' users "
-                                          "are not served here");
-    }
-
-    /* the silo's users have today's localparts: nothing else to look up */
-
-    if (!mx_user_localpart_valid((char *) localpart.data, localpart.len)) {
-        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
-                                          "M_NOT_FOUND", "Profile not found");
     }
 
     pg = ngx_http_matrix_pg_for_request(r);
     if (pg == NULL) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
                                           "M_UNRECOGNIZED",
-                                          "Profiles need \"matrix_postgres\"");
+                                          "Users need \"matrix_postgres\"");
     }
 
     q = ngx_http_matrix_pg_query_create(pg, r->pool, r->connection->log);
@@ -201,19 +201,14 @@ ngx_http_matrix_profile_lookup(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    q->stmt = &ngx_http_matrix_profile_stmt;
+    q->stmt = stmt;
     q->nparams = 1;
-
-    if (ngx_http_matrix_pg_param(q, 0, &localpart) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    q->handler = ngx_http_matrix_profile_done;
+    q->handler = handler;
     q->data = r;
 
-    ctx->field = field;
-
-    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
+    if (ngx_http_matrix_pg_param(q, 0, &localpart) != NGX_OK
+        || ngx_http_matrix_pg_run(q) != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -299,4 +294,47 @@ ngx_http_matrix_profile_reply(ngx_http_request_t *r,
     json_decref(body);
 
     return rc;
+}
+
+
+/*
+ * A user ID of this server's, and its localpart: NGX_OK; one of another
+ * server's or a localpart the silo never has (today's grammar only):
+ * NGX_DECLINED; not a user ID: NGX_ERROR.  *why says which.
+ */
+
+ngx_int_t
+ngx_http_matrix_local_user(ngx_http_matrix_ctx_t *ctx, ngx_str_t *user_id,
+    ngx_str_t *localpart, const char **why)
+{
+    u_char     *colon;
+    ngx_str_t   server_name;
+
+    if (mx_id_valid((char *) user_id->data, user_id->len, '@', 1, why)
+        != MX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    colon = ngx_strlchr(user_id->data, user_id->data + user_id->len, ':');
+
+    localpart->data = user_id->data + 1;
+    localpart->len = colon - localpart->data;
+    server_name.data = colon + 1;
+    server_name.len = user_id->data + user_id->len - server_name.data;
+
+    if (server_name.len != ctx->mscf->server_name.len
+        || ngx_strncmp(server_name.data, ctx->mscf->server_name.data,
+                       server_name.len) != 0)
+    {
+        *why = "The user is not on this server";
+        return NGX_DECLINED;
+    }
+
+    if (!mx_user_localpart_valid((char *) localpart->data, localpart->len)) {
+        *why = "No such user";
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
 }

@@ -46,6 +46,7 @@ static ngx_http_matrix_route_t  *ngx_http_matrix_route_tables[] = {
     ngx_http_matrix_discovery_routes,
     ngx_http_matrix_profile_routes,
     ngx_http_matrix_notary_routes,
+    ngx_http_matrix_devices_routes,
     NULL
 };
 

@@ -57,7 +57,8 @@ sub signed {
     my ($origin, %o) = @_;
     return $fake->x_matrix($origin, method => $o{method} // 'GET',
                            uri => $o{uri} // $URI,
-                           destination => $o{destination} // 'module.test');
+                           destination => $o{destination} // 'module.test',
+                           exists $o{content} ? (content => $o{content}) : ());
 }
 
 sub get {
@@ -131,6 +132,79 @@ refused(signed('wrongname.test'), 'could not be fetched',
 
 ($status) = get(signed('remote.test'));
 is $status, 200, 'and good requests still pass';
+
+# --- routes with a body: the content is signed too ---------------------------
+
+my $KQ = '/_matrix/federation/v1/user/keys/query';
+my $query = { device_keys => { '@alice:module.test' => [],
+                               '@bob:elsewhere.test' => [] } };
+
+sub post {
+    my ($uri, $body, $auth) = @_;
+    my ($status, $head, $resp) = $ngx->request('POST', $uri, $body,
+        'Content-Type' => 'application/json',
+        defined $auth ? (Authorization => $auth) : ());
+    return ($status, $resp);
+}
+
+my $pretty = JSON::PP->new->pretty->encode($query);
+($status, $body) = post($KQ, $pretty,
+    signed('remote.test', method => 'POST', uri => $KQ, content => $query));
+is $status, 200, 'a signed POST with a body (sent pretty-printed)';
+is_deeply decode_json($body), { device_keys => { '@alice:module.test' => {} } },
+    'keys/query: our user, with no devices; the other server\'s left out';
+
+($status, $body) = post($KQ, encode_json($query),
+    signed('remote.test', method => 'POST', uri => $KQ));
+is $status, 401, 'a signature that leaves the content out: 401';
+like $body, qr/does not verify/, 'says so';
+
+my $other = { device_keys => { '@alice:module.test' => ['EVIL'] } };
+($status, $body) = post($KQ, encode_json($other),
+    signed('remote.test', method => 'POST', uri => $KQ, content => $query));
+is $status, 401, 'a body other than the one signed: 401';
+
+($status, $body) = post($KQ, '{"device_keys":',
+    signed('remote.test', method => 'POST', uri => $KQ, content => $query));
+is $status, 400, 'a body that is not JSON: 400';
+like $body, qr/"errcode":"M_NOT_JSON"/, 'M_NOT_JSON';
+
+($status, $body) = post($KQ, '[1,2]',
+    signed('remote.test', method => 'POST', uri => $KQ, content => [1, 2]));
+is $status, 400, 'a JSON body that is not an object: 400';
+like $body, qr/"errcode":"M_BAD_JSON"/, 'M_BAD_JSON';
+
+($status, $body) = post($KQ, encode_json({ device_keys => [] }),
+    signed('remote.test', method => 'POST', uri => $KQ,
+           content => { device_keys => [] }));
+is $status, 400, 'keys/query without a device_keys object: 400';
+
+($status, $body) = post($KQ, encode_json($query));
+is $status, 401, 'a POST without X-Matrix: 401';
+
+my $KC = '/_matrix/federation/v1/user/keys/claim';
+my $claim = { one_time_keys => { '@alice:module.test' => { DEV => 'signed_curve25519' } } };
+($status, $body) = post($KC, encode_json($claim),
+    signed('remote.test', method => 'POST', uri => $KC, content => $claim));
+is $status, 200, 'keys/claim';
+is $body, '{"one_time_keys":{}}', 'nothing to claim';
+
+my $UD = '/_matrix/federation/v1/user/devices/%40alice%3Amodule.test';
+($status, $body) = get(signed('remote.test', uri => $UD), $UD);
+is $status, 200, 'user/devices of a silo user';
+is_deeply decode_json($body), { user_id => '@alice:module.test',
+                                stream_id => 0, devices => [] },
+    'an empty device list with a stream id';
+
+for my $u ('%40nobody%3Amodule.test', '%40alice%3Aelsewhere.test') {
+    my $uri = "/_matrix/federation/v1/user/devices/$u";
+    ($status, $body) = get(signed('remote.test', uri => $uri), $uri);
+    is $status, 404, "user/devices of $u: 404";
+}
+
+my $bad = '/_matrix/federation/v1/user/devices/alice';
+($status, $body) = get(signed('remote.test', uri => $bad), $bad);
+is $status, 400, 'user/devices of something that is no user ID: 400';
 
 ($status) = $ngx->get('/_matrix/key/v2/server');
 is $status, 200, 'the key server needs no authentication';

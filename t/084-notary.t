@@ -127,7 +127,7 @@ print $s "POST /_matrix/key/v2/query HTTP/1.1\r\nHost: localhost\r\n"
          . "Connection: close\r\nContent-Length: 5\r\n\r\n{\"a\":";
 ($status, $head, $body) = $ngx->read_response($s);
 is $status, 400, 'a body that is not JSON';
-like $body, qr/M_BAD_JSON/, 'M_BAD_JSON';
+like $body, qr/"errcode":"M_NOT_JSON"/, 'M_NOT_JSON';
 
 $ngx->stop;
 unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';

@@ -119,13 +119,21 @@ sub error_log { _slurp("$_[0]{dir}/logs/error.log") }
 
 sub send_get {
     my ($self, $path, %h) = @_;
+    return $self->send_request('GET', $path, undef, %h);
+}
+
+# METHOD PATH with BODY (bytes, or undef for none) and headers
+sub send_request {
+    my ($self, $method, $path, $body, %h) = @_;
 
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$self->{port}")
         or die "connect: $!";
 
-    my $req = "GET $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+    my $req = "$method $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
     $req .= "$_: $h{$_}\r\n" for sort keys %h;
+    $req .= "Content-Length: " . length($body) . "\r\n" if defined $body;
     $req .= "\r\n";
+    $req .= $body if defined $body;
 
     print $s $req;
     ${*$s}{mx_start} = time;
@@ -171,6 +179,12 @@ sub read_response {
 sub get {
     my ($self, $path, %h) = @_;
     return $self->read_response($self->send_get($path, %h));
+}
+
+sub request {
+    my ($self, $method, $path, $body, %h) = @_;
+    return $self->read_response($self->send_request($method, $path, $body,
+                                                    %h));
 }
 
 sub worker_pids {
