@@ -8,6 +8,11 @@
  *
  * A request with a body (POST, PUT) has it parsed first: the content is
  * part of what is signed, and the route finds it in ctx->body.
+ *
+ * Each worker remembers the requests it has verified (mx_sigcache.h): a
+ * peer that retries a transaction or polls the same resource sends the
+ * same bytes with the same signature, and pays a hash, not a curve
+ * operation, the second time.
  */
 
 
@@ -15,6 +20,9 @@
 #include "ngx_http_matrix_remote_keys.h"
 
 #include <mx_xmatrix.h>
+
+
+#define NGX_HTTP_MATRIX_VERIFIED_MAX  4096      /* 128 KiB per worker */
 
 
 typedef struct {
@@ -29,6 +37,14 @@ static ngx_int_t ngx_http_matrix_federation_verify(ngx_http_request_t *r,
     const u_char *public_key);
 static ngx_int_t ngx_http_matrix_unauthorized(ngx_http_request_t *r,
     const char *fmt, ...);
+static mx_sigcache_t *ngx_http_matrix_verified(ngx_log_t *log);
+
+
+/* per worker: made in the worker, the master never touches it */
+static mx_sigcache_t        ngx_http_matrix_verified_cache;
+static mx_sigcache_entry_t  ngx_http_matrix_verified_entries[
+                                NGX_HTTP_MATRIX_VERIFIED_MAX];
+static ngx_uint_t           ngx_http_matrix_verified_ready;
 
 
 ngx_int_t
@@ -199,7 +215,10 @@ ngx_http_matrix_federation_verify(ngx_http_request_t *r,
     req.destination_len = ctx->mscf->server_name.len;
     req.content = ctx->body;
 
-    if (mx_xmatrix_verify(&fa->auth, &req, public_key, &err) != MX_OK) {
+    if (mx_xmatrix_verify(&fa->auth, &req, public_key,
+                          ngx_http_matrix_verified(r->connection->log), &err)
+        != MX_OK)
+    {
         return ngx_http_matrix_unauthorized(r, "The signature does not "
                                             "verify: %s", err.msg);
     }
@@ -231,4 +250,28 @@ ngx_http_matrix_unauthorized(ngx_http_request_t *r, const char *fmt, ...)
 
     return ngx_http_matrix_send_error(r, NGX_HTTP_UNAUTHORIZED,
                                       "M_UNAUTHORIZED", "%s", msg);
+}
+
+
+static mx_sigcache_t *
+ngx_http_matrix_verified(ngx_log_t *log)
+{
+    mx_err_t  err;
+
+    if (!ngx_http_matrix_verified_ready) {
+        if (mx_sigcache_init(&ngx_http_matrix_verified_cache,
+                             ngx_http_matrix_verified_entries,
+                             NGX_HTTP_MATRIX_VERIFIED_MAX, &err)
+            != MX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, log, 0,
+                          "matrix federation: no cache of verified "
+                          "requests: %s", err.msg);
+            return NULL;
+        }
+
+        ngx_http_matrix_verified_ready = 1;
+    }
+
+    return &ngx_http_matrix_verified_cache;
 }

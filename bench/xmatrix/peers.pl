@@ -7,7 +7,10 @@
 # writes OUT (shell assignments: DNS, CA, AUTH, CONTROL) and stays up until
 # SIGTERM; both children stop with it (and by themselves once it is gone).
 #
-#   perl -It/lib bench/xmatrix/peers.pl OUT METHOD URI DESTINATION
+# With MANY (a file of URIs, one per line), it also writes MANY.auth: the
+# header for each of them, one per line, in the same order.
+#
+#   perl -It/lib bench/xmatrix/peers.pl OUT METHOD URI DESTINATION [MANY]
 
 use strict;
 use warnings;
@@ -15,7 +18,7 @@ use warnings;
 use MatrixFakeHS;
 use MatrixDNS;
 
-my ($out, $method, $uri, $destination) = @ARGV;
+my ($out, $method, $uri, $destination, $many) = @ARGV;
 die "usage: peers.pl OUT METHOD URI DESTINATION\n" unless defined $destination;
 
 die "no python3-aiohttp/signedjson/canonicaljson\n" unless MatrixFakeHS::available();
@@ -32,6 +35,18 @@ my $dns = MatrixDNS->start(records => {
 # request of the run
 my $auth = $fake->x_matrix('remote.test', method => $method, uri => $uri,
                            destination => $destination);
+
+if (defined $many) {
+    open my $in, '<', $many or die "$many: $!";
+    chomp(my @uris = <$in>);
+    my @headers = $fake->x_matrix_many('remote.test', \@uris,
+                                       method => $method,
+                                       destination => $destination);
+    die "signed " . @headers . " of " . @uris . " URIs\n" unless @headers == @uris;
+    open my $o, '>', "$many.auth" or die "$many.auth: $!";
+    print $o "$_\n" for @headers;
+    close $o or die "$many.auth: $!";
+}
 
 sub sh_quote { my ($s) = @_; $s =~ s/'/'\\''/g; "'$s'" }
 

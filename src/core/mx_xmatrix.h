@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "mx_core.h"
+#include "mx_sigcache.h"
 
 
 /* the whole header value; nginx's default header buffer is 1 KiB */
@@ -115,11 +116,12 @@ int mx_xmatrix_sign(const mx_xmatrix_request_t *req,
  * must be auth->origin, req->destination this server's name, which the
  * header's destination, when present, must equal (else the spec's 401);
  * then auth->sig must verify with public_key (the origin's key
- * auth->key_id) over the signing bytes of req.
+ * auth->key_id) over the signing bytes of req.  With a cache (else
+ * NULL), a request already verified with that key is not verified again.
  */
 int mx_xmatrix_verify(const mx_xmatrix_auth_t *auth,
     const mx_xmatrix_request_t *req, const unsigned char *public_key,
-    mx_err_t *err);
+    mx_sigcache_t *cache, mx_err_t *err);
 
 
 #endif /* MX_XMATRIX_H */

@@ -59,6 +59,7 @@ static void t_hostile_built(tap_t *t);
 static void t_mutations(tap_t *t, uint64_t seed);
 static void t_sign_verify(tap_t *t, const mx_signing_key_t *key);
 static void t_request_checks(tap_t *t, const mx_signing_key_t *key);
+static void t_sigcache(tap_t *t, const mx_signing_key_t *key);
 static void t_special(tap_t *t);
 static void t_special_edges(tap_t *t);
 static void t_netaddr_parse(tap_t *t);
@@ -129,6 +130,7 @@ main(int argc, char **argv)
     t_mutations(&t, seed);
     t_sign_verify(&t, &key);
     t_request_checks(&t, &key);
+    t_sigcache(&t, &key);
     t_special(&t);
     t_special_edges(&t);
     t_netaddr_parse(&t);
@@ -269,7 +271,8 @@ t_vectors_signing(tap_t *t, const json_t *vec, const mx_signing_key_t *key)
         /* the vector's own header, read and checked as a receiver would */
         tap_ok(t, mx_xmatrix_parse(want_header, strlen(want_header), &auth,
                                    &err) == MX_OK
-                  && mx_xmatrix_verify(&auth, &req, key->public_key, &err)
+                  && mx_xmatrix_verify(&auth, &req, key->public_key, NULL,
+                                       &err)
                      == MX_OK,
                "x_matrix_signing[%zu]: the vector's header verifies", i);
     }
@@ -700,7 +703,7 @@ t_sign_verify(tap_t *t, const mx_signing_key_t *key)
 
     tap_ok(t, mx_xmatrix_parse(old, strlen(old), &auth, &err) == MX_OK
               && !auth.has_destination
-              && mx_xmatrix_verify(&auth, &req, key->public_key, &err)
+              && mx_xmatrix_verify(&auth, &req, key->public_key, NULL, &err)
                  == MX_OK,
            "a header without destination verifies against this server's "
            "name");
@@ -708,12 +711,14 @@ t_sign_verify(tap_t *t, const mx_signing_key_t *key)
     rcv = req;
     rcv.destination = "c.org";
     rcv.destination_len = 5;
-    tap_ok(t, mx_xmatrix_verify(&auth, &rcv, key->public_key, &err) != MX_OK
+    tap_ok(t, mx_xmatrix_verify(&auth, &rcv, key->public_key, NULL, &err)
+              != MX_OK
               && strstr(err.msg, "does not verify"),
            "and not against another server's name");
 
     auth.sig[0] ^= 1;
-    tap_ok(t, mx_xmatrix_verify(&auth, &req, key->public_key, &err) != MX_OK,
+    tap_ok(t, mx_xmatrix_verify(&auth, &req, key->public_key, NULL, &err)
+              != MX_OK,
            "a signature with one bit flipped does not verify");
 
     mx_buf_free(&out);
@@ -1255,7 +1260,7 @@ t_verify(const mx_xmatrix_request_t *signed_req,
     }
 
     if (rc == MX_OK) {
-        rc = mx_xmatrix_verify(&auth, received, pk, err);
+        rc = mx_xmatrix_verify(&auth, received, pk, NULL, err);
     }
 
     mx_buf_free(&h);
@@ -1409,4 +1414,82 @@ static int
 t_str_eq(const char *got, const char *want)
 {
     return want != NULL && strcmp(got, want) == 0;
+}
+
+
+/* the cache remembers successes only, and only for the same triple */
+
+static void
+t_sigcache(tap_t *t, const mx_signing_key_t *key)
+{
+    json_t                *body;
+    mx_buf_t               out;
+    mx_err_t               err;
+    unsigned long          misses;
+    mx_sigcache_t          cache;
+    mx_signing_key_t       key2;
+    mx_xmatrix_auth_t      auth, bad;
+    mx_sigcache_entry_t    entries[4], three[3];
+    mx_xmatrix_request_t   req, rcv;
+    unsigned char          seed[MX_ED25519_SEED_LEN];
+
+    tap_ok(t, mx_sigcache_init(&cache, three, 3, &err) != MX_OK,
+           "a cache of 3 entries is refused (not a power of two)");
+
+    tap_ok(t, mx_sigcache_init(&cache, entries, 4, &err) == MX_OK,
+           "a cache of 4 entries");
+
+    body = json_pack("{s:i}", "a", 1);
+    t_request(&req, "PUT", T_URI, "a.org", "b.org:8448", body);
+
+    mx_buf_init(&out);
+
+    if (mx_xmatrix_sign(&req, key, &out, &err) != MX_OK
+        || mx_xmatrix_parse((char *) out.data, out.len, &auth, &err) != MX_OK)
+    {
+        memset(&auth, 0, sizeof(auth));
+    }
+
+    tap_ok(t, mx_xmatrix_verify(&auth, &req, key->public_key, &cache, &err)
+              == MX_OK
+              && cache.misses == 1 && cache.hits == 0,
+           "first verification: checked");
+
+    tap_ok(t, mx_xmatrix_verify(&auth, &req, key->public_key, &cache, &err)
+              == MX_OK
+              && cache.misses == 1 && cache.hits == 1,
+           "the same request again: remembered");
+
+    memset(seed, 9, sizeof(seed));
+    mx_signing_key_from_seed(&key2, "other", 5, seed, &err);
+
+    tap_ok(t, mx_xmatrix_verify(&auth, &req, key2.public_key, &cache, &err)
+              != MX_OK,
+           "the same request and signature with another key: refused");
+
+    rcv = req;
+    rcv.uri = T_URI_CUT;
+    rcv.uri_len = strlen(T_URI_CUT);
+
+    tap_ok(t, mx_xmatrix_verify(&auth, &rcv, key->public_key, &cache, &err)
+              != MX_OK,
+           "the same signature over another request: refused");
+
+    bad = auth;
+    bad.sig[10] ^= 4;
+    misses = cache.misses;
+
+    tap_ok(t, mx_xmatrix_verify(&bad, &req, key->public_key, &cache, &err)
+              != MX_OK
+              && mx_xmatrix_verify(&bad, &req, key->public_key, &cache, &err)
+                 != MX_OK
+              && cache.misses == misses + 2,
+           "a bad signature is checked every time, never remembered");
+
+    tap_ok(t, mx_xmatrix_verify(&auth, &req, key->public_key, &cache, &err)
+              == MX_OK,
+           "and the good one still passes");
+
+    mx_buf_free(&out);
+    json_decref(body);
 }

@@ -231,6 +231,14 @@ sub x_matrix {
                            { %r, name => $origin })->{authorization};
 }
 
+# one header per URI of URIS (array ref), same method and destination
+sub x_matrix_many {
+    my ($self, $origin, $uris, %r) = @_;
+    return @{ $self->_control('POST', '/_fake/sign_request',
+                              { %r, uris => $uris, name => $origin })
+                   ->{authorizations} };
+}
+
 sub sign_json {
     my ($self, $name, $obj, %o) = @_;
     return $self->_control('POST', '/_fake/sign_json',

@@ -25,7 +25,8 @@ fields: t/lib/MatrixFakeHS.pm). A separate plain-HTTP control port
   POST /_fake/config           {"name": NAME, FIELD: VALUE...} or
                                {"servers": {NAME: {...}}, "global": {...}}
   GET  /_fake/keys             every server's public keys
-  POST /_fake/sign_request     an X-Matrix Authorization header
+  POST /_fake/sign_request     an X-Matrix Authorization header (or, given
+                               "uris", one for each)
   POST /_fake/sign_json        a JSON object signed by one of the servers
 
 Only Debian's packages: python3-aiohttp, python3-signedjson (and so
@@ -906,6 +907,17 @@ def make_control_app(state):
     async def sign_request(request):
         b = await body_of(request)
         s = signer(b)
+        if isinstance(b.get("uris"), list):
+            # many requests at once (benchmarks): one header for each URI
+            out = []
+            for uri in b["uris"]:
+                obj = request_json(b["method"], uri, s.name,
+                                   b["destination"], b.get("content"))
+                s.sign(obj)
+                kid, sig = sorted(obj["signatures"][s.name].items())[0]
+                out.append(x_matrix_header(s.name, b["destination"], kid,
+                                           sig))
+            return reply({"authorizations": out})
         try:
             obj = request_json(b["method"], b["uri"], s.name,
                                b["destination"], b.get("content"))
