@@ -35,6 +35,8 @@ static char *ngx_http_matrix_silo_api(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_matrix_schema_name(ngx_conf_t *cf, void *post,
     void *data);
 
+static char *ngx_http_matrix_room_version(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post,
     void *data);
 
@@ -107,6 +109,20 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
       ngx_http_matrix_well_known_client,
       NGX_HTTP_SRV_CONF_OFFSET,
       offsetof(ngx_http_matrix_srv_conf_t, well_known_client),
+      NULL },
+
+    { ngx_string("matrix_room_version"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_room_version,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_room_history"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_matrix_srv_conf_t, room_history),
       NULL },
 
     { ngx_string("matrix_postgres"),
@@ -553,6 +569,36 @@ ngx_http_matrix_schema_name(ngx_conf_t *cf, void *post, void *data)
 
 
 static char *
+ngx_http_matrix_room_version(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_srv_conf_t *mscf = conf;
+
+    ngx_str_t                *value;
+    const mx_room_version_t  *v;
+
+    if (mscf->room_version != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    v = mx_room_version_find((char *) value[1].data, value[1].len);
+
+    if (v == NULL || !v->supported) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s room version \"%V\" in \"%V\" (supported: "
+                           "6 to 12)", v ? "unsupported" : "unknown",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    mscf->room_version = v;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
 ngx_http_matrix_key_validity(ngx_conf_t *cf, void *post, void *data)
 {
     time_t  *sp = data;
@@ -733,6 +779,8 @@ ngx_http_matrix_create_srv_conf(ngx_conf_t *cf)
     mscf->signing_keys = NGX_CONF_UNSET_PTR;
     mscf->old_keys = NGX_CONF_UNSET_PTR;
     mscf->key_validity = NGX_CONF_UNSET;
+    mscf->room_version = NGX_CONF_UNSET_PTR;
+    mscf->room_history = NGX_CONF_UNSET;
 
     return mscf;
 }
@@ -752,6 +800,10 @@ ngx_http_matrix_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_sec_value(conf->key_validity, prev->key_validity,
                              7 * 24 * 60 * 60);
+
+    ngx_conf_merge_ptr_value(conf->room_version, prev->room_version,
+                             mx_room_version_find("10", 2));
+    ngx_conf_merge_value(conf->room_history, prev->room_history, 1000);
 
     return ngx_http_matrix_keys_merge(cf, prev, conf);
 }

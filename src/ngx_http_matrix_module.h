@@ -12,6 +12,7 @@
 #include <ngx_http.h>
 
 #include <mx_core.h>
+#include <mx_room_version.h>
 
 
 #define NGX_HTTP_MATRIX_SERVER_NAME     "ngx_http_matrix_module"
@@ -67,6 +68,10 @@ typedef struct {
 
     ngx_str_t                       well_known_server;
     ngx_str_t                       well_known_client;
+
+    const mx_room_version_t        *room_version;   /* of rooms it creates */
+    ngx_int_t                       room_history;   /* silo messages a new
+                                                       room starts with */
 
     ngx_http_matrix_key_doc_t      *key_doc;        /* per worker */
 } ngx_http_matrix_srv_conf_t;
