@@ -1,0 +1,1395 @@
+/*
+ * Silo rooms as Matrix rooms (ngx_http_matrix_room.h).
+ *
+ * A room's events are made the first time a route opens it with create
+ * set (a join, in practice): under the lock of its matrix_rooms row, the
+ * module reads the silo's room (matrix_silo_room()), and appends the
+ * events of a room this server created: m.room.create by the module's
+ * own user, its join, the power levels (silo admins 100, moderators 50),
+ * join rules (public, or invite for a room the silo keeps private),
+ * history visibility "shared", name, topic and alias; then the room's
+ * recent silo messages, oldest first, each preceded by its author's join
+ * the first time the author appears (and an invite, in a private room).
+ * The events are made and appended in batches, one statement each, so
+ * that a long history never holds the worker for long; they are all
+ * committed at once, or not at all.
+ *
+ * A silo message's event keeps no copy of the text: its PDU is made
+ * again from the silo's row when it is served, and checked against the
+ * stored hash.  A row that has changed since (an edit in place, a
+ * deletion) gives the event's redacted form, which the stored signature
+ * still covers.
+ */
+
+
+#include "ngx_http_matrix_room.h"
+
+#include <mx_ids.h>
+
+
+#define NGX_HTTP_MATRIX_ROOM_BATCH  256     /* events per statement */
+
+
+typedef struct {
+    json_t                         *silo;
+    json_t                         *records;
+    json_t                         *joined;    /* localpart: member event */
+    json_t                         *made;      /* silo message: event */
+    size_t                          next_message;
+    unsigned                        is_public:1;
+
+    int64_t                         depth;
+    char                            prev[MX_EVENT_ID_LEN + 1];
+    char                            create[MX_EVENT_ID_LEN + 1];
+    char                            power_levels[MX_EVENT_ID_LEN + 1];
+    char                            join_rules[MX_EVENT_ID_LEN + 1];
+    char                            creator_member[MX_EVENT_ID_LEN + 1];
+    ngx_str_t                       creator;
+} ngx_http_matrix_room_making_t;
+
+
+static ngx_int_t ngx_http_matrix_room_found(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_locked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_checked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_silo(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_initial(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk);
+static ngx_int_t ngx_http_matrix_room_history(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk);
+static ngx_int_t ngx_http_matrix_room_member(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk, json_t *message, int64_t ts,
+    const char **member_id);
+static ngx_int_t ngx_http_matrix_room_next_event(
+    ngx_http_matrix_room_op_t *op, ngx_http_matrix_room_making_t *mk,
+    const char *type, const char *state_key, const char *sender,
+    json_t *content, int64_t ts, const char **auth, size_t nauth,
+    unsigned recipe, const char *silo_message_id, char *event_id);
+static ngx_int_t ngx_http_matrix_room_append(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_made(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_created(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static void ngx_http_matrix_room_making_cleanup(void *data);
+static ngx_int_t ngx_http_matrix_room_committed(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+
+static void ngx_http_matrix_room_leased(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_room_done(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_room_finish(ngx_http_matrix_room_op_t *op,
+    ngx_int_t rc);
+
+static json_t *ngx_http_matrix_room_rebuild(ngx_http_matrix_room_op_t *op,
+    PGresult *res, int row);
+static json_t *ngx_http_matrix_room_column_json(PGresult *res, int row,
+    int col);
+static ngx_int_t ngx_http_matrix_hex_to_b64(const char *hex, char *b64,
+    size_t max);
+
+
+/* ngx_http_matrix_pg_stmt_t are static: prepared once per connection */
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_lookup =
+    ngx_http_matrix_pg_stmt(
+        "SELECT room_nid, room_version, coalesce(silo_room_id, ''), "
+        "created_ts IS NOT NULL FROM matrix_rooms WHERE room_id = $1", 1);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_lock =
+    ngx_http_matrix_pg_stmt(
+        "SELECT created_ts FROM matrix_rooms WHERE room_nid = $1 "
+        "FOR UPDATE", 1);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_silo_stmt =
+    ngx_http_matrix_pg_stmt("SELECT matrix_silo_room($1, $2)", 2);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_append_stmt =
+    ngx_http_matrix_pg_stmt("SELECT matrix_append_events($1, $2)", 2);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_created_stmt =
+    ngx_http_matrix_pg_stmt(
+        "UPDATE matrix_rooms SET created_ts = $2 WHERE room_nid = $1", 2);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_begin_stmt =
+    ngx_http_matrix_pg_stmt("BEGIN", 0);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_commit_stmt =
+    ngx_http_matrix_pg_stmt("COMMIT", 0);
+
+
+ngx_http_matrix_room_op_t *
+ngx_http_matrix_room_op(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
+{
+    ngx_http_matrix_pg_t       *pg;
+    ngx_http_matrix_room_op_t  *op;
+
+    pg = ngx_http_matrix_pg_for_request(r);
+    if (pg == NULL) {
+        return NULL;
+    }
+
+    op = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_room_op_t));
+    if (op == NULL) {
+        return NULL;
+    }
+
+    op->r = r;
+    op->ctx = ctx;
+
+    op->q = ngx_http_matrix_pg_query_create(pg, r->pool, r->connection->log);
+    if (op->q == NULL) {
+        return NULL;
+    }
+
+    op->q->data = op;
+
+    return op;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_open(ngx_http_matrix_room_op_t *op, ngx_str_t *room_id,
+    ngx_uint_t create, ngx_http_matrix_room_step_pt next)
+{
+    ngx_int_t    rc;
+    const char  *why;
+
+    if (mx_id_valid((char *) room_id->data, room_id->len, '!', 1, &why)
+        != MX_OK)
+    {
+        return ngx_http_matrix_send_error(op->r, NGX_HTTP_BAD_REQUEST,
+                                          "M_INVALID_PARAM",
+                                          "Invalid room ID: %s", why);
+    }
+
+    op->room_id.data = ngx_pnalloc(op->r->pool, room_id->len + 1);
+    if (op->room_id.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(op->room_id.data, room_id->data, room_id->len) = '\0';
+    op->room_id.len = room_id->len;
+    op->create = create;
+    op->then = next;
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_room_lookup,
+                                  &op->room_id, 1, ngx_http_matrix_room_found);
+    if (rc != NGX_DONE) {
+        return rc;
+    }
+
+    /* the route's handler returns NGX_DONE: the request lives on */
+    op->r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_found(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    PGresult                       *res;
+    ngx_http_matrix_room_making_t  *mk;
+    ngx_pool_cleanup_t             *cln;
+
+    res = op->q->result;
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND", "Unknown room");
+    }
+
+    op->nid.len = PQgetlength(res, 0, 0);
+    op->nid.data = ngx_pnalloc(r->pool, op->nid.len + 1);
+    op->silo_room_id.len = PQgetlength(res, 0, 2);
+    op->silo_room_id.data = ngx_pnalloc(r->pool, op->silo_room_id.len + 1);
+
+    if (op->nid.data == NULL || op->silo_room_id.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_cpystrn(op->nid.data, (u_char *) PQgetvalue(res, 0, 0),
+                op->nid.len + 1);
+    ngx_cpystrn(op->silo_room_id.data, (u_char *) PQgetvalue(res, 0, 2),
+                op->silo_room_id.len + 1);
+
+    op->version = mx_room_version_find(PQgetvalue(res, 0, 1),
+                                       PQgetlength(res, 0, 1));
+    op->created = (PQgetvalue(res, 0, 3)[0] == 't');
+
+    if (op->version == NULL || !op->version->supported) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "matrix room \"%V\": unsupported room version \"%s\"",
+                      &op->room_id, PQgetvalue(res, 0, 1));
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (op->created || !op->create) {
+        return op->then(r, op);
+    }
+
+    if (op->silo_room_id.len == 0) {
+        /* a room another server made that we never joined: nothing to make */
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND", "Unknown room");
+    }
+
+    mk = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_room_making_t));
+    if (mk == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_room_making_cleanup;
+    cln->data = mk;
+
+    op->making = mk;
+
+    return ngx_http_matrix_room_begin(op, ngx_http_matrix_room_locked);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_locked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    return ngx_http_matrix_room_run(op, &ngx_http_matrix_room_lock, &op->nid,
+                                    1, ngx_http_matrix_room_checked);
+}
+
+
+/* another worker, or another nginx, may have made it while we waited */
+
+static ngx_int_t
+ngx_http_matrix_room_checked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    ngx_str_t  values[2];
+    u_char     history[NGX_INT_T_LEN + 1];
+
+    if (PQntuples(op->q->result) == 1 && !PQgetisnull(op->q->result, 0, 0)) {
+        op->created = 1;
+        return ngx_http_matrix_room_commit(op, op->then);
+    }
+
+    values[0] = op->silo_room_id;
+    values[1].data = history;
+    values[1].len = ngx_sprintf(history, "%i", op->ctx->mscf->room_history)
+                    - history;
+
+    return ngx_http_matrix_room_run(op, &ngx_http_matrix_room_silo_stmt,
+                                    values, 2, ngx_http_matrix_room_silo);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_silo(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    ngx_http_matrix_room_making_t  *mk;
+
+    mk = op->making;
+
+    mk->silo = ngx_http_matrix_room_json(op);
+
+    if (!json_is_object(mk->silo)) {
+        ngx_http_matrix_pg_release(op->q);
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND",
+                                          "The silo no longer has this room");
+    }
+
+    mk->records = json_array();
+    mk->joined = json_object();
+    mk->made = json_object();
+
+    if (mk->records == NULL || mk->joined == NULL || mk->made == NULL
+        || ngx_http_matrix_room_user(op, NGX_HTTP_MATRIX_SERVER_USER,
+                                     &mk->creator)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    mk->is_public = json_is_true(json_object_get(mk->silo, "is_public"));
+
+    if (ngx_http_matrix_room_initial(op, mk) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_matrix_room_append(r, op);
+}
+
+
+/*
+ * The state of a room this server created, dated when the silo created
+ * the room, so that its history follows it in time as well as in order.
+ */
+
+static ngx_int_t
+ngx_http_matrix_room_initial(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk)
+{
+    int64_t              ts;
+    json_t              *v, *pl, *admins, *moderators;
+    size_t               i, na, nm;
+    mx_err_t             err;
+    ngx_str_t            alias;
+    const char          *creator, *auth[4], **a, **m;
+    char                 id[MX_EVENT_ID_LEN + 1];
+    const char          *s;
+
+    ts = json_integer_value(json_object_get(mk->silo, "created_ts"));
+    if (ts <= 0) {
+        ts = ngx_http_matrix_now_ms();
+    }
+
+    creator = (char *) mk->creator.data;
+
+    v = mx_room_create_content(op->version, creator, &err);
+    if (v == NULL
+        || ngx_http_matrix_room_next_event(op, mk, "m.room.create", "",
+                                           creator, v, ts, NULL, 0, 0, NULL,
+                                           mk->create)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    auth[0] = mk->create;
+
+    v = json_pack("{s:s,s:s}", "membership", "join",
+                  "displayname", (char *) op->ctx->mscf->server_name.data);
+    if (ngx_http_matrix_room_next_event(op, mk, "m.room.member", creator,
+                                        creator, v, ts, auth, 1, 0, NULL,
+                                        mk->creator_member)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* the silo's admins and moderators, as this server's user IDs */
+
+    admins = json_object_get(mk->silo, "admins");
+    moderators = json_object_get(mk->silo, "moderators");
+    na = json_array_size(admins);
+    nm = json_array_size(moderators);
+
+    a = ngx_palloc(op->r->pool, (na + nm + 1) * sizeof(char *));
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    m = a + na;
+
+    for (i = 0; i < na + nm; i++) {
+        s = json_string_value(json_array_get(i < na ? admins : moderators,
+                                             i < na ? i : i - na));
+        if (s == NULL
+            || ngx_http_matrix_room_user(op, s, &alias) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        a[i] = (char *) alias.data;
+    }
+
+    pl = mx_room_power_levels(op->version, creator, a, na, m, nm,
+                              mk->is_public, &err);
+
+    auth[1] = mk->creator_member;
+
+    if (pl == NULL
+        || ngx_http_matrix_room_next_event(op, mk, "m.room.power_levels", "",
+                                           creator, pl, ts, auth, 2, 0, NULL,
+                                           mk->power_levels)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    auth[2] = mk->power_levels;
+
+    v = json_pack("{s:s}", "join_rule", mk->is_public ? "public" : "invite");
+    if (ngx_http_matrix_room_next_event(op, mk, "m.room.join_rules", "",
+                                        creator, v, ts, auth, 3, 0, NULL,
+                                        mk->join_rules)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    v = json_pack("{s:s}", "history_visibility", "shared");
+    if (ngx_http_matrix_room_next_event(op, mk, "m.room.history_visibility",
+                                        "", creator, v, ts, auth, 3, 0, NULL,
+                                        id)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = json_string_value(json_object_get(mk->silo, "name"));
+    if (s && *s) {
+        v = json_pack("{s:s}", "name", s);
+        if (ngx_http_matrix_room_next_event(op, mk, "m.room.name", "",
+                                            creator, v, ts, auth, 3, 0, NULL,
+                                            id)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    s = json_string_value(json_object_get(mk->silo, "topic"));
+    if (s && *s) {
+        v = json_pack("{s:s}", "topic", s);
+        if (ngx_http_matrix_room_next_event(op, mk, "m.room.topic", "",
+                                            creator, v, ts, auth, 3, 0, NULL,
+                                            id)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    s = json_string_value(json_object_get(mk->silo, "alias"));
+    if (s && *s) {
+        alias.len = 1 + ngx_strlen(s) + 1 + op->ctx->mscf->server_name.len;
+        alias.data = ngx_pnalloc(op->r->pool, alias.len + 1);
+        if (alias.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        *ngx_sprintf(alias.data, "#%s:%V", s, &op->ctx->mscf->server_name)
+            = '\0';
+
+        if (mx_id_valid((char *) alias.data, alias.len, '#', 1, &s)
+            == MX_OK)
+        {
+            v = json_pack("{s:s}", "alias", (char *) alias.data);
+            if (ngx_http_matrix_room_next_event(op, mk,
+                                                "m.room.canonical_alias", "",
+                                                creator, v, ts, auth, 3, 0,
+                                                NULL, id)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* the next batch of history: each message, its author joined first */
+
+static ngx_int_t
+ngx_http_matrix_room_history(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk)
+{
+    int64_t       ts;
+    json_t       *messages, *msg, *content;
+    size_t        n;
+    unsigned      recipe;
+    mx_err_t      err;
+    const char   *member, *auth[3], *reply, *thread, *id, *sender;
+    char          event_id[MX_EVENT_ID_LEN + 1];
+    ngx_str_t     user_id;
+
+    messages = json_object_get(mk->silo, "messages");
+    n = 0;
+
+    while (mk->next_message < json_array_size(messages)
+           && n < NGX_HTTP_MATRIX_ROOM_BATCH)
+    {
+        msg = json_array_get(messages, mk->next_message++);
+        ts = json_integer_value(json_object_get(msg, "ts"));
+        id = json_string_value(json_object_get(msg, "id"));
+
+        if (id == NULL
+            || ngx_http_matrix_room_member(op, mk, msg, ts, &member)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (member == NULL) {
+            /* a localpart this server cannot use: the message stays out */
+            continue;
+        }
+
+        reply = json_string_value(json_object_get(mk->made,
+                    json_string_value(json_object_get(msg, "reply_to"))
+                    ? json_string_value(json_object_get(msg, "reply_to"))
+                    : ""));
+        thread = json_string_value(json_object_get(mk->made,
+                    json_string_value(json_object_get(msg, "thread_root"))
+                    ? json_string_value(json_object_get(msg, "thread_root"))
+                    : ""));
+
+        recipe = mx_silo_message_recipe(reply != NULL, thread != NULL);
+
+        content = mx_silo_message_content(recipe,
+                      json_string_value(json_object_get(msg, "body")),
+                      json_string_value(json_object_get(msg, "html")),
+                      reply, thread, &err);
+        if (content == NULL) {
+            ngx_log_error(NGX_LOG_WARN, op->r->connection->log, 0,
+                          "matrix room \"%V\": silo message \"%s\" left "
+                          "out: %s", &op->room_id, id, err.msg);
+            continue;
+        }
+
+        if (ngx_http_matrix_room_user(op,
+                json_string_value(json_object_get(msg, "localpart")),
+                &user_id)
+            != NGX_OK)
+        {
+            json_decref(content);
+            return NGX_ERROR;
+        }
+
+        sender = (char *) user_id.data;
+
+        auth[0] = mk->create;
+        auth[1] = mk->power_levels;
+        auth[2] = member;
+
+        if (ngx_http_matrix_room_next_event(op, mk, "m.room.message", NULL,
+                                            sender, content, ts, auth, 3,
+                                            recipe, id, event_id)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        json_object_set_new(mk->made, id, json_string(event_id));
+        n++;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The author's member event, made now if this is the first message of
+ * theirs the room holds: lazy membership, so that a room's state grows
+ * with the people who speak in it, not with the silo's member list.
+ */
+
+static ngx_int_t
+ngx_http_matrix_room_member(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk, json_t *message, int64_t ts,
+    const char **member_id)
+{
+    json_t      *content, *v;
+    ngx_str_t    user_id;
+    const char  *localpart, *name, *avatar, *auth[4], *why;
+    char         invite[MX_EVENT_ID_LEN + 1], join[MX_EVENT_ID_LEN + 1];
+
+    *member_id = NULL;
+
+    localpart = json_string_value(json_object_get(message, "localpart"));
+    if (localpart == NULL
+        || !mx_user_localpart_valid(localpart, ngx_strlen(localpart)))
+    {
+        return NGX_OK;
+    }
+
+    v = json_object_get(mk->joined, localpart);
+    if (v) {
+        *member_id = json_string_value(v);
+        return NGX_OK;
+    }
+
+    if (ngx_http_matrix_room_user(op, localpart, &user_id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mx_id_valid((char *) user_id.data, user_id.len, '@', 1, &why)
+        != MX_OK)
+    {
+        return NGX_OK;
+    }
+
+    auth[0] = mk->create;
+    auth[1] = mk->power_levels;
+    auth[2] = mk->join_rules;
+
+    if (!mk->is_public) {
+        /* an invite-only room: this server's user lets its own in */
+        auth[3] = mk->creator_member;
+
+        content = json_pack("{s:s}", "membership", "invite");
+        if (ngx_http_matrix_room_next_event(op, mk, "m.room.member",
+                                            (char *) user_id.data,
+                                            (char *) mk->creator.data,
+                                            content, ts, auth, 4, 0, NULL,
+                                            invite)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        auth[3] = invite;
+    }
+
+    name = json_string_value(json_object_get(message, "displayname"));
+    avatar = json_string_value(json_object_get(message, "avatar_url"));
+
+    content = json_pack("{s:s}", "membership", "join");
+    if (content == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (name) {
+        json_object_set_new(content, "displayname", json_string(name));
+    }
+
+    if (avatar && ngx_strncmp(avatar, "mxc://", 6) == 0) {
+        json_object_set_new(content, "avatar_url", json_string(avatar));
+    }
+
+    if (ngx_http_matrix_room_next_event(op, mk, "m.room.member",
+                                        (char *) user_id.data,
+                                        (char *) user_id.data, content, ts,
+                                        auth, mk->is_public ? 3 : 4, 0, NULL,
+                                        join)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (json_object_set_new(mk->joined, localpart, json_string(join)) != 0) {
+        return NGX_ERROR;
+    }
+
+    *member_id = json_string_value(json_object_get(mk->joined, localpart));
+
+    return NGX_OK;
+}
+
+
+/* one event of the room being made: after the previous one, one deeper */
+
+static ngx_int_t
+ngx_http_matrix_room_next_event(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *mk, const char *type,
+    const char *state_key, const char *sender, json_t *content, int64_t ts,
+    const char **auth, size_t nauth, unsigned recipe,
+    const char *silo_message_id, char *event_id)
+{
+    ngx_int_t        rc;
+    const char      *prev[1];
+    mx_pdu_parts_t   parts;
+
+    if (content == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&parts, sizeof(mx_pdu_parts_t));
+
+    prev[0] = mk->prev;
+
+    parts.sender = sender;
+    parts.type = type;
+    parts.state_key = state_key;
+    parts.content = content;
+    parts.prev_events = prev;
+    parts.nprev = mk->prev[0] ? 1 : 0;
+    parts.auth_events = auth;
+    parts.nauth = nauth;
+    parts.depth = ++mk->depth;
+    parts.origin_server_ts = ts;
+
+    rc = ngx_http_matrix_room_make_event(op, &parts, recipe, silo_message_id,
+                                         mk->records, event_id);
+
+    json_decref(content);
+
+    if (rc == NGX_OK) {
+        ngx_memcpy(mk->prev, event_id, MX_EVENT_ID_LEN + 1);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_append(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    char                           *text;
+    ngx_int_t                       rc;
+    ngx_str_t                       values[2];
+    u_char                          now[NGX_INT64_LEN + 1];
+    ngx_http_matrix_room_making_t  *mk;
+
+    mk = op->making;
+
+    if (json_array_size(mk->records) == 0) {
+        if (ngx_http_matrix_room_history(op, mk) != NGX_OK) {
+            ngx_http_matrix_pg_release(op->q);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (json_array_size(mk->records) == 0) {
+        values[0] = op->nid;
+        values[1].data = now;
+        values[1].len = ngx_sprintf(now, "%L", ngx_http_matrix_now_ms())
+                        - now;
+
+        return ngx_http_matrix_room_run(op,
+                                        &ngx_http_matrix_room_created_stmt,
+                                        values, 2, ngx_http_matrix_room_made);
+    }
+
+    text = json_dumps(mk->records, JSON_COMPACT);
+    if (text == NULL) {
+        ngx_http_matrix_pg_release(op->q);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_array_clear(mk->records);
+
+    values[0] = op->nid;
+    values[1].data = (u_char *) text;
+    values[1].len = ngx_strlen(text);
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_room_append_stmt,
+                                  values, 2, ngx_http_matrix_room_append);
+
+    /* the parameter is copied */
+    free(text);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_made(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    return ngx_http_matrix_room_commit(op, ngx_http_matrix_room_created);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_created(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    ngx_http_matrix_room_making_t  *mk;
+
+    mk = op->making;
+    op->created = 1;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "matrix room \"%V\": made from silo room \"%V\", "
+                  "%uz messages of history", &op->room_id, &op->silo_room_id,
+                  json_object_size(mk->made));
+
+    return op->then(r, op);
+}
+
+
+static void
+ngx_http_matrix_room_making_cleanup(void *data)
+{
+    ngx_http_matrix_room_making_t  *mk = data;
+
+    json_decref(mk->silo);
+    json_decref(mk->records);
+    json_decref(mk->joined);
+    json_decref(mk->made);
+}
+
+
+/* steps */
+
+
+ngx_int_t
+ngx_http_matrix_room_run(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_pg_stmt_t *stmt, ngx_str_t *values, ngx_uint_t n,
+    ngx_http_matrix_room_step_pt next)
+{
+    ngx_uint_t                   i;
+    ngx_http_matrix_pg_query_t  *q;
+
+    q = op->q;
+
+    q->stmt = stmt;
+    q->sql = NULL;
+    q->nparams = n;
+    q->handler = ngx_http_matrix_room_done;
+    op->next = next;
+
+    for (i = 0; i < n; i++) {
+        if (values[i].data == NULL) {
+            q->values[i] = NULL;
+            q->lengths[i] = 0;
+            continue;
+        }
+
+        if (ngx_http_matrix_pg_param(q, i, &values[i]) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_DONE;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_begin(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next)
+{
+    op->q->handler = ngx_http_matrix_room_leased;
+    op->pending = next;
+
+    if (ngx_http_matrix_pg_acquire(op->q) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_matrix_room_leased(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_int_t                   rc;
+    ngx_http_matrix_room_op_t  *op;
+
+    op = q->data;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_http_matrix_room_finish(op,
+                                    ngx_http_matrix_pg_send_error(op->r, q));
+        return;
+    }
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_room_begin_stmt, NULL,
+                                  0, op->pending);
+    if (rc != NGX_DONE) {
+        ngx_http_matrix_room_finish(op, rc);
+    }
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_commit(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next)
+{
+    op->pending = next;
+
+    return ngx_http_matrix_room_run(op, &ngx_http_matrix_room_commit_stmt,
+                                    NULL, 0, ngx_http_matrix_room_committed);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_committed(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    ngx_http_matrix_pg_release(op->q);
+
+    return op->pending(r, op);
+}
+
+
+static void
+ngx_http_matrix_room_done(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_int_t                   rc;
+    ngx_http_matrix_room_op_t  *op;
+
+    op = q->data;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_log_error(NGX_LOG_ERR, q->log, 0,
+                      "matrix room \"%V\": %s%s%V", &op->room_id,
+                      ngx_http_matrix_pg_status_text(q->status),
+                      q->error.len ? ": " : "", &q->error);
+
+        rc = ngx_http_matrix_pg_send_error(op->r, q);
+
+    } else {
+        rc = op->next(op->r, op);
+    }
+
+    if (rc != NGX_DONE) {
+        ngx_http_matrix_room_finish(op, rc);
+    }
+}
+
+
+/* a lease left is rolled back: nothing half-done is ever committed */
+
+static void
+ngx_http_matrix_room_finish(ngx_http_matrix_room_op_t *op, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    c = op->r->connection;
+
+    ngx_http_matrix_pg_release(op->q);
+
+    ngx_http_finalize_request(op->r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+json_t *
+ngx_http_matrix_room_json(ngx_http_matrix_room_op_t *op)
+{
+    PGresult  *res;
+
+    res = op->q->result;
+
+    if (res == NULL || PQntuples(res) < 1 || PQnfields(res) < 1
+        || PQgetisnull(res, 0, 0))
+    {
+        return NULL;
+    }
+
+    return ngx_http_matrix_room_column_json(res, 0, 0);
+}
+
+
+/* event making and serving */
+
+
+ngx_int_t
+ngx_http_matrix_room_make_event(ngx_http_matrix_room_op_t *op,
+    mx_pdu_parts_t *parts, unsigned recipe, const char *silo_message_id,
+    json_t *records, char *event_id)
+{
+    json_t                      *pdu, *rec, *sigs;
+    size_t                       n;
+    mx_buf_t                     buf;
+    mx_err_t                     err;
+    const char                  *hash, *sig, *membership;
+    u_char                       hex[2 * MX_ED25519_SIG_LEN + 1];
+    u_char                       hhex[2 * MX_SHA256_LEN + 1];
+    unsigned char                raw[MX_ED25519_SIG_LEN + 4];
+    mx_signing_key_t            *key;
+    ngx_http_matrix_srv_conf_t  *mscf;
+
+    mscf = op->ctx->mscf;
+    key = mscf->signing_keys->elts;
+
+    parts->room_id = (char *) op->room_id.data;
+
+    pdu = mx_pdu_build(parts, &err);
+    if (pdu == NULL) {
+        goto failed;
+    }
+
+    if (mx_event_sign(pdu, op->version, (char *) mscf->server_name.data, key,
+                      &err)
+        != MX_OK
+        || mx_event_compute_id(pdu, op->version, event_id, &err) != MX_OK)
+    {
+        json_decref(pdu);
+        goto failed;
+    }
+
+    membership = NULL;
+
+    if (ngx_strcmp(parts->type, "m.room.member") == 0) {
+        membership = json_string_value(json_object_get(parts->content,
+                                                       "membership"));
+    }
+
+    rec = json_pack("{s:s,s:s,s:s?,s:s,s:I,s:I,s:O,s:O,s:s?}",
+                    "event_id", event_id,
+                    "type", parts->type,
+                    "state_key", parts->state_key,
+                    "sender", parts->sender,
+                    "depth", (json_int_t) parts->depth,
+                    "ts", (json_int_t) parts->origin_server_ts,
+                    "prev", json_object_get(pdu, "prev_events"),
+                    "auth", json_object_get(pdu, "auth_events"),
+                    "membership", membership);
+    if (rec == NULL) {
+        json_decref(pdu);
+        ngx_cpystrn((u_char *) err.msg, (u_char *) "out of memory",
+                    sizeof(err.msg));
+        goto failed;
+    }
+
+    if (recipe == 0) {
+        mx_buf_init(&buf);
+
+        if (mx_json_canonical(pdu, &buf, &err) != MX_OK) {
+            mx_buf_free(&buf);
+            json_decref(rec);
+            json_decref(pdu);
+            goto failed;
+        }
+
+        json_object_set_new(rec, "pdu", json_stringn((char *) buf.data,
+                                                     buf.len));
+        mx_buf_free(&buf);
+
+    } else {
+        hash = json_string_value(json_object_get(json_object_get(pdu,
+                                                     "hashes"), "sha256"));
+        sigs = json_object_get(json_object_get(pdu, "signatures"),
+                               (char *) mscf->server_name.data);
+        sig = json_string_value(json_object_get(sigs, key->key_id));
+
+        if (hash == NULL || sig == NULL
+            || mx_base64_decode(raw, &n, hash, ngx_strlen(hash)) != MX_OK
+            || n != MX_SHA256_LEN)
+        {
+            json_decref(rec);
+            json_decref(pdu);
+            ngx_cpystrn((u_char *) err.msg, (u_char *) "no hash after signing",
+                        sizeof(err.msg));
+            goto failed;
+        }
+
+        *ngx_hex_dump(hhex, raw, n) = '\0';
+
+        if (mx_base64_decode(raw, &n, sig, ngx_strlen(sig)) != MX_OK
+            || n != MX_ED25519_SIG_LEN)
+        {
+            json_decref(rec);
+            json_decref(pdu);
+            ngx_cpystrn((u_char *) err.msg, (u_char *) "no signature",
+                        sizeof(err.msg));
+            goto failed;
+        }
+
+        *ngx_hex_dump(hex, raw, n) = '\0';
+
+        json_object_set_new(rec, "hash", json_string((char *) hhex));
+        json_object_set_new(rec, "sig", json_string((char *) hex));
+        json_object_set_new(rec, "key_id", json_string(key->key_id));
+        json_object_set_new(rec, "recipe", json_integer(recipe));
+        json_object_set_new(rec, "silo_message_id",
+                            json_string(silo_message_id));
+    }
+
+    json_decref(pdu);
+
+    if (json_array_append_new(records, rec) != 0) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+
+failed:
+
+    ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+                  "matrix room \"%V\": cannot make a %s event: %s",
+                  &op->room_id, parts->type, err.msg);
+
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_record(json_t *records, const mx_event_t *ev,
+    const char *outbox, mx_err_t *err)
+{
+    json_t    *rec;
+    mx_buf_t   buf;
+
+    mx_buf_init(&buf);
+
+    if (mx_json_canonical(ev->json, &buf, err) != MX_OK) {
+        mx_buf_free(&buf);
+        return NGX_ERROR;
+    }
+
+    rec = json_pack("{s:s,s:s,s:s?,s:s,s:I,s:I,s:O,s:O,s:s?,s:s%,s:s?}",
+                    "event_id", ev->event_id,
+                    "type", ev->type,
+                    "state_key", ev->state_key,
+                    "sender", ev->sender,
+                    "depth", (json_int_t) ev->depth,
+                    "ts", (json_int_t) ev->origin_server_ts,
+                    "prev", ev->prev_events,
+                    "auth", ev->auth_events,
+                    "membership", ev->membership,
+                    "pdu", (char *) buf.data, buf.len,
+                    "outbox", outbox);
+
+    mx_buf_free(&buf);
+
+    if (rec == NULL || json_array_append_new(records, rec) != 0) {
+        mx_err_set(err, "out of memory");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+json_t *
+ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op, json_t **ids)
+{
+    int        row, n;
+    json_t    *pdus, *pdu;
+    PGresult  *res;
+
+    res = op->q->result;
+    n = PQntuples(res);
+
+    pdus = json_array();
+    if (pdus == NULL) {
+        return NULL;
+    }
+
+    if (ids) {
+        *ids = json_array();
+        if (*ids == NULL) {
+            json_decref(pdus);
+            return NULL;
+        }
+    }
+
+    for (row = 0; row < n; row++) {
+
+        if (!PQgetisnull(res, row, 2)) {
+            pdu = ngx_http_matrix_room_column_json(res, row, 2);
+
+        } else {
+            pdu = ngx_http_matrix_room_rebuild(op, res, row);
+        }
+
+        if (pdu == NULL) {
+            ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+                          "matrix room \"%V\": event \"%s\" cannot be "
+                          "served", &op->room_id, PQgetvalue(res, row, 1));
+            continue;
+        }
+
+        json_array_append_new(pdus, pdu);
+
+        if (ids) {
+            json_array_append_new(*ids, json_string(PQgetvalue(res, row, 1)));
+        }
+    }
+
+    return pdus;
+}
+
+
+/*
+ * An event kept as parts, made whole again.  Its content comes from the
+ * silo (a recipe) or from the row; when the silo's message is gone or has
+ * changed since, the content hash no longer matches and the event is
+ * served redacted: what any server would make of it, and what the
+ * signature, made over the redacted form, still proves.
+ */
+
+static json_t *
+ngx_http_matrix_room_rebuild(ngx_http_matrix_room_op_t *op, PGresult *res,
+    int row)
+{
+    int              col;
+    json_t          *pdu, *content, *prev, *auth, *redacted;
+    size_t           i;
+    mx_err_t         err;
+    const char      *prev_ids[64], *auth_ids[16];
+    char             hash[64], sig[100];
+    mx_pdu_parts_t   parts;
+
+    /* columns of matrix_event_parts() */
+    enum { NID, EVENT_ID, PDU, ROOM_ID, TYPE, STATE_KEY, SENDER, DEPTH, TS,
+           PREV, AUTH, HASH, KEY_ID, SIG, CONTENT, RECIPE, BODY, HTML,
+           REPLY, THREAD, REDACTED };
+
+    (void) col;
+
+    prev = ngx_http_matrix_room_column_json(res, row, PREV);
+    auth = ngx_http_matrix_room_column_json(res, row, AUTH);
+
+    if (!json_is_array(prev) || !json_is_array(auth)
+        || json_array_size(prev) > 64 || json_array_size(auth) > 16
+        || ngx_http_matrix_hex_to_b64(PQgetvalue(res, row, HASH), hash,
+                                      sizeof(hash)) != NGX_OK
+        || ngx_http_matrix_hex_to_b64(PQgetvalue(res, row, SIG), sig,
+                                      sizeof(sig)) != NGX_OK)
+    {
+        json_decref(prev);
+        json_decref(auth);
+        return NULL;
+    }
+
+    for (i = 0; i < json_array_size(prev); i++) {
+        prev_ids[i] = json_string_value(json_array_get(prev, i));
+    }
+
+    for (i = 0; i < json_array_size(auth); i++) {
+        auth_ids[i] = json_string_value(json_array_get(auth, i));
+    }
+
+    content = NULL;
+
+    if (PQgetvalue(res, row, REDACTED)[0] != 't') {
+        if (!PQgetisnull(res, row, CONTENT)) {
+            content = ngx_http_matrix_room_column_json(res, row, CONTENT);
+
+        } else if (!PQgetisnull(res, row, RECIPE)) {
+            content = mx_silo_message_content(
+                          ngx_atoi((u_char *) PQgetvalue(res, row, RECIPE),
+                                   PQgetlength(res, row, RECIPE)),
+                          PQgetisnull(res, row, BODY)
+                          ? NULL : PQgetvalue(res, row, BODY),
+                          PQgetisnull(res, row, HTML)
+                          ? NULL : PQgetvalue(res, row, HTML),
+                          PQgetisnull(res, row, REPLY)
+                          ? NULL : PQgetvalue(res, row, REPLY),
+                          PQgetisnull(res, row, THREAD)
+                          ? NULL : PQgetvalue(res, row, THREAD),
+                          &err);
+        }
+    }
+
+    if (content == NULL) {
+        content = json_object();
+    }
+
+    ngx_memzero(&parts, sizeof(mx_pdu_parts_t));
+
+    parts.room_id = PQgetvalue(res, row, ROOM_ID);
+    parts.sender = PQgetvalue(res, row, SENDER);
+    parts.type = PQgetvalue(res, row, TYPE);
+    parts.state_key = PQgetisnull(res, row, STATE_KEY)
+                      ? NULL : PQgetvalue(res, row, STATE_KEY);
+    parts.content = content;
+    parts.prev_events = prev_ids;
+    parts.nprev = json_array_size(prev);
+    parts.auth_events = auth_ids;
+    parts.nauth = json_array_size(auth);
+    parts.depth = ngx_atoof((u_char *) PQgetvalue(res, row, DEPTH),
+                            PQgetlength(res, row, DEPTH));
+    parts.origin_server_ts = ngx_atoof((u_char *) PQgetvalue(res, row, TS),
+                                       PQgetlength(res, row, TS));
+    parts.hash_b64 = hash;
+    parts.server = (char *) op->ctx->mscf->server_name.data;
+    parts.key_id = PQgetvalue(res, row, KEY_ID);
+    parts.sig_b64 = sig;
+
+    pdu = mx_pdu_build(&parts, &err);
+
+    json_decref(content);
+    json_decref(prev);
+    json_decref(auth);
+
+    if (pdu == NULL) {
+        return NULL;
+    }
+
+    if (mx_event_check_content_hash(pdu, &err) != MX_OK) {
+        redacted = mx_event_redact(pdu, op->version, &err);
+        json_decref(pdu);
+        pdu = redacted;
+    }
+
+    return pdu;
+}
+
+
+static json_t *
+ngx_http_matrix_room_column_json(PGresult *res, int row, int col)
+{
+    mx_err_t  err;
+
+    return mx_json_parse(PQgetvalue(res, row, col),
+                         PQgetlength(res, row, col), 0, &err);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_hex_to_b64(const char *hex, char *b64, size_t max)
+{
+    size_t          i, n, len;
+    ngx_int_t       v;
+    unsigned char   raw[MX_ED25519_SIG_LEN];
+
+    len = ngx_strlen(hex);
+    n = len / 2;
+
+    if (len % 2 || n > sizeof(raw) || mx_base64_encoded_len(n) >= max) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        v = ngx_hextoi((u_char *) hex + 2 * i, 2);
+        if (v == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        raw[i] = (unsigned char) v;
+    }
+
+    b64[mx_base64_encode(b64, raw, n, MX_BASE64_STD)] = '\0';
+
+    return NGX_OK;
+}
+
+
+/* users */
+
+
+ngx_int_t
+ngx_http_matrix_room_user(ngx_http_matrix_room_op_t *op,
+    const char *localpart, ngx_str_t *user_id)
+{
+    size_t      len;
+    ngx_str_t  *server;
+
+    if (localpart == NULL) {
+        return NGX_ERROR;
+    }
+
+    server = &op->ctx->mscf->server_name;
+    len = ngx_strlen(localpart);
+
+    user_id->data = ngx_pnalloc(op->r->pool, 1 + len + 1 + server->len + 1);
+    if (user_id->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    user_id->len = ngx_sprintf(user_id->data, "@%s:%V", localpart, server)
+                   - user_id->data;
+    user_id->data[user_id->len] = '\0';
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_server_of(ngx_str_t *user_id, ngx_str_t *server)
+{
+    u_char  *colon;
+
+    colon = ngx_strlchr(user_id->data, user_id->data + user_id->len, ':');
+    if (colon == NULL) {
+        return NGX_ERROR;
+    }
+
+    server->data = colon + 1;
+    server->len = user_id->data + user_id->len - server->data;
+
+    return NGX_OK;
+}

@@ -1,0 +1,113 @@
+/*
+ * Silo rooms as Matrix rooms, for the federation routes that serve them:
+ * a room looked up by its Matrix room ID, its events made the first time
+ * a route needs them, the events this server adds, and stored events
+ * turned back into PDUs.
+ *
+ * A route works on a room through an operation bound to its request: a
+ * chain of steps, each a statement on the module's Postgres whose
+ * outcome the next step reads (op->q->result).  A step returns NGX_DONE
+ * when it has started the next statement, anything else finishes the
+ * request with that code.
+ */
+
+#ifndef _NGX_HTTP_MATRIX_ROOM_H_INCLUDED_
+#define _NGX_HTTP_MATRIX_ROOM_H_INCLUDED_
+
+
+#include "ngx_http_matrix_router.h"
+#include "ngx_http_matrix_pg.h"
+
+#include <mx_event.h>
+#include <mx_room.h>
+
+
+/* the module's own user, which creates the rooms and holds them */
+#define NGX_HTTP_MATRIX_SERVER_USER  "_matrix"
+
+
+typedef struct ngx_http_matrix_room_op_s  ngx_http_matrix_room_op_t;
+
+typedef ngx_int_t (*ngx_http_matrix_room_step_pt)(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+
+
+struct ngx_http_matrix_room_op_s {
+    ngx_http_request_t             *r;
+    ngx_http_matrix_ctx_t          *ctx;
+    ngx_http_matrix_pg_query_t     *q;
+    ngx_http_matrix_room_step_pt    next;
+    void                           *data;          /* the route's */
+
+    /* the room, once open */
+    ngx_str_t                       room_id;
+    ngx_str_t                       nid;           /* room_nid, as text */
+    ngx_str_t                       silo_room_id;  /* empty: not the silo's */
+    const mx_room_version_t        *version;
+    unsigned                        created:1;
+
+    /* private */
+    ngx_http_matrix_room_step_pt    then;          /* once the room is open */
+    ngx_http_matrix_room_step_pt    pending;       /* after BEGIN, COMMIT */
+    unsigned                        create:1;
+    void                           *making;        /* its events, while they
+                                                      are made */
+};
+
+
+ngx_http_matrix_room_op_t *ngx_http_matrix_room_op(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
+
+/*
+ * Opens the room: 404 M_NOT_FOUND if this server has no such room, and
+ * with create, its events made if it has none yet.  The route returns
+ * what this returns.
+ */
+ngx_int_t ngx_http_matrix_room_open(ngx_http_matrix_room_op_t *op,
+    ngx_str_t *room_id, ngx_uint_t create, ngx_http_matrix_room_step_pt next);
+
+/* one statement (values: n strings, NULL for SQL NULL), then next */
+ngx_int_t ngx_http_matrix_room_run(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_pg_stmt_t *stmt, ngx_str_t *values, ngx_uint_t n,
+    ngx_http_matrix_room_step_pt next);
+
+/* a transaction on a connection of its own: BEGIN, ... COMMIT */
+ngx_int_t ngx_http_matrix_room_begin(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next);
+ngx_int_t ngx_http_matrix_room_commit(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next);
+
+/* the first column of the first row of the last result, or NULL */
+json_t *ngx_http_matrix_room_json(ngx_http_matrix_room_op_t *op);
+
+/*
+ * The PDUs of rows of matrix_event_parts() (the last result), as a JSON
+ * array, events rebuilt from the silo included; NULL on error.  With
+ * ids, their event IDs as well, in the same order.
+ */
+json_t *ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op,
+    json_t **ids);
+
+/*
+ * Makes one event of this server's (parts filled but for the room ID),
+ * signs it, and adds its row for matrix_append_events() to records;
+ * event_id gets its ID.  With a recipe the event is kept as hash and
+ * signature only (silo_message_id names its source), else whole.
+ */
+ngx_int_t ngx_http_matrix_room_make_event(ngx_http_matrix_room_op_t *op,
+    mx_pdu_parts_t *parts, unsigned recipe, const char *silo_message_id,
+    json_t *records, char *event_id);
+
+/* records the row of a PDU received whole (a remote join, say) */
+ngx_int_t ngx_http_matrix_room_record(json_t *records, const mx_event_t *ev,
+    const char *outbox, mx_err_t *err);
+
+/* "@localpart:server" of this server, on the request's pool */
+ngx_int_t ngx_http_matrix_room_user(ngx_http_matrix_room_op_t *op,
+    const char *localpart, ngx_str_t *user_id);
+
+/* the server part of a user ID (after the first ':') */
+ngx_int_t ngx_http_matrix_server_of(ngx_str_t *user_id, ngx_str_t *server);
+
+
+#endif /* _NGX_HTTP_MATRIX_ROOM_H_INCLUDED_ */
