@@ -14,6 +14,7 @@
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_remote_keys.h"
 #include "ngx_http_matrix_destination.h"
+#include "ngx_http_matrix_key_notaries.h"
 
 #include <mx_ids.h>
 
@@ -170,6 +171,13 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
     { ngx_string("matrix_federation_allow_ip"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_matrix_http_allow_ip,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_federation_trusted_key_server"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_matrix_key_notaries_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -353,9 +361,8 @@ ngx_http_matrix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static char *
 ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    const char  *why;
-    ngx_str_t   *value;
-    char        *rv;
+    ngx_str_t  *value;
+    char       *rv;
 
     rv = ngx_conf_set_str_slot(cf, cmd, conf);
     if (rv != NGX_CONF_OK) {
@@ -364,12 +371,22 @@ ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (mx_server_name_valid((char *) value[1].data, value[1].len, &why)
-        != MX_OK)
-    {
+    return ngx_http_matrix_conf_server_name(cf, cmd, &value[1]);
+}
+
+
+/* a directive's server name, checked; the error names the directive */
+
+char *
+ngx_http_matrix_conf_server_name(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *name)
+{
+    const char  *why;
+
+    if (mx_server_name_valid((char *) name->data, name->len, &why) != MX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%V: invalid server name \"%V\": %s",
-                           &cmd->name, &value[1], why);
+                           &cmd->name, name, why);
         return NGX_CONF_ERROR;
     }
 
@@ -694,6 +711,10 @@ ngx_http_matrix_postconfiguration(ngx_conf_t *cf)
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_module);
 
     if (ngx_http_matrix_routes_init(cf, mmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_matrix_key_notaries_init(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -28,6 +28,8 @@ typedef struct ngx_http_matrix_key_doc_s     ngx_http_matrix_key_doc_t;
 typedef struct ngx_http_matrix_pg_s          ngx_http_matrix_pg_t;
 typedef struct ngx_http_matrix_http_conf_s   ngx_http_matrix_http_conf_t;
 typedef struct ngx_http_matrix_dest_conf_s   ngx_http_matrix_dest_conf_t;
+typedef struct ngx_http_matrix_key_notaries_conf_s
+    ngx_http_matrix_key_notaries_conf_t;
 
 
 typedef struct {
@@ -51,6 +53,8 @@ typedef struct {
     ngx_http_matrix_http_conf_t    *http;           /* federation client */
     void                           *remote_keys;    /* per worker */
     ngx_http_matrix_dest_conf_t    *dest;           /* server discovery */
+    ngx_http_matrix_key_notaries_conf_t
+                                   *key_notaries;   /* trusted notaries */
 } ngx_http_matrix_main_conf_t;
 
 
@@ -127,6 +131,12 @@ int64_t ngx_http_matrix_now_ms(void);
  * already answered and *rc what the handler returns.
  */
 json_t *ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc);
+
+
+/* ngx_http_matrix_module.c */
+
+char *ngx_http_matrix_conf_server_name(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *name);
 
 
 extern ngx_module_t  ngx_http_matrix_module;

@@ -11,6 +11,10 @@
  * Documents are kept in Postgres too (server_key_json), when the module
  * has a database: a worker that has not seen a server yet looks there
  * before it asks the network, so a restart does not refetch the world.
+ *
+ * When the server itself fails or does not have the key wanted, the
+ * trusted notaries are asked (ngx_http_matrix_key_notaries.c); what they
+ * relay is the server's own document, kept under the notary's name.
  */
 
 
@@ -19,6 +23,7 @@
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_destination.h"
 #include "ngx_http_matrix_pg.h"
+#include "ngx_http_matrix_key_notaries.h"
 
 #include <mx_key_doc.h>
 
@@ -43,6 +48,7 @@ typedef struct {
     int64_t                        fetched;
 
     unsigned                       db_tried:1;
+    unsigned                       notaries_asked:1;
 
     u_char                        *doc;            /* as received, for the */
     size_t                         doc_len;        /* notary (ngx_alloc) */
@@ -75,6 +81,8 @@ static void ngx_http_matrix_key_wait(ngx_http_matrix_key_server_t *ks,
 static void ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks);
 static void ngx_http_matrix_key_db_loaded(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks);
+static void ngx_http_matrix_key_db_keep(ngx_str_t *server, ngx_str_t *from,
+    ngx_str_t *doc, int64_t valid_until);
 static void ngx_http_matrix_key_db_stored(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_key_network(ngx_http_matrix_key_server_t *ks);
 static ngx_int_t ngx_http_matrix_key_take_doc(
@@ -89,6 +97,12 @@ static void ngx_http_matrix_key_merge(ngx_http_matrix_key_server_t *ks,
     mx_key_doc_t *doc);
 static void ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
     const char *failure);
+static ngx_int_t ngx_http_matrix_key_ask_notaries(
+    ngx_http_matrix_key_server_t *ks, const char *failure);
+static ngx_int_t ngx_http_matrix_key_notary_doc(
+    ngx_http_matrix_notary_ask_t *na);
+static void ngx_http_matrix_key_notaries_done(
+    ngx_http_matrix_notary_ask_t *na);
 static void ngx_http_matrix_key_reply(ngx_http_matrix_key_lookup_t *kl,
     ngx_int_t rc, const char *why);
 static void ngx_http_matrix_key_reply_handler(ngx_event_t *ev);
@@ -443,10 +457,15 @@ ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
     if (!ks->db_tried && ngx_http_matrix_pg_of_cycle() != NULL) {
         ngx_http_matrix_pg_query_t  *q;
 
+        /* the server's own, and those of the notaries trusted now */
+
         static ngx_http_matrix_pg_stmt_t  load =
             ngx_http_matrix_pg_stmt("SELECT key_json FROM server_key_json "
                                     "WHERE server_name = $1 "
-                                    "AND from_server = $1", 1);
+                                    "AND (from_server = $1 "
+                                    "OR from_server = ANY ($2::text[])) "
+                                    "ORDER BY valid_until_ts DESC LIMIT 8",
+                                    2);
 
         ks->db_tried = 1;
 
@@ -456,11 +475,15 @@ ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
             ngx_str_t  name = { ks->name_len, ks->name };
 
             q->stmt = &load;
-            q->nparams = 1;
+            q->nparams = 2;
             q->handler = ngx_http_matrix_key_db_loaded;
             q->data = ks;
 
             if (ngx_http_matrix_pg_param(q, 0, &name) == NGX_OK
+                && ngx_http_matrix_pg_param(q, 1,
+                       ngx_http_matrix_key_notaries_names(
+                           (ngx_cycle_t *) ngx_cycle))
+                   == NGX_OK
                 && ngx_http_matrix_pg_run(q) == NGX_OK)
             {
                 return;
@@ -477,18 +500,27 @@ ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
 static void
 ngx_http_matrix_key_db_loaded(ngx_http_matrix_pg_query_t *q)
 {
+    int                            i;
+    ngx_uint_t                     taken;
     ngx_http_matrix_key_server_t  *ks;
     u_char                         why[200];
 
     ks = q->data;
+    taken = 0;
 
-    if (q->status == NGX_HTTP_MATRIX_PG_OK && PQntuples(q->result) == 1
-        && ngx_http_matrix_key_take_doc(ks,
-                                        (u_char *) PQgetvalue(q->result, 0, 0),
-                                        PQgetlength(q->result, 0, 0), why)
-           == NGX_OK
-        && ngx_http_matrix_key_satisfied(ks))
+    for (i = 0; q->status == NGX_HTTP_MATRIX_PG_OK
+                && i < PQntuples(q->result); i++)
     {
+        if (ngx_http_matrix_key_take_doc(ks,
+                                         (u_char *) PQgetvalue(q->result, i, 0),
+                                         PQgetlength(q->result, i, 0), why)
+            == NGX_OK)
+        {
+            taken++;
+        }
+    }
+
+    if (taken && ngx_http_matrix_key_satisfied(ks)) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "matrix federation: keys of \"%*s\" from the database",
                        ks->name_len, ks->name);
@@ -691,6 +723,27 @@ ngx_http_matrix_key_satisfied(ngx_http_matrix_key_server_t *ks)
 static void
 ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks)
 {
+    ngx_str_t  name, doc;
+
+    if (ks->doc == NULL) {
+        return;
+    }
+
+    name.data = ks->name;
+    name.len = ks->name_len;
+    doc.data = ks->doc;
+    doc.len = ks->doc_len;
+
+    ngx_http_matrix_key_db_keep(&name, &name, &doc, ks->doc_valid_until);
+}
+
+
+/* from: the server itself, or the notary that relayed the document */
+
+static void
+ngx_http_matrix_key_db_keep(ngx_str_t *server, ngx_str_t *from,
+    ngx_str_t *doc, int64_t valid_until)
+{
     ngx_str_t                    v;
     ngx_pool_t                  *pool;
     ngx_http_matrix_pg_t        *pg;
@@ -702,20 +755,20 @@ ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks)
         ngx_http_matrix_pg_stmt(
             "INSERT INTO server_key_json AS k (server_name, from_server, "
             "key_json, valid_until_ts, fetched_ts) "
-            "VALUES ($1, $1, $2, $3, $4) "
+            "VALUES ($1, $2, $3, $4, $5) "
             "ON CONFLICT (server_name, from_server) DO UPDATE SET "
             "key_json = EXCLUDED.key_json, "
             "valid_until_ts = EXCLUDED.valid_until_ts, "
             "fetched_ts = EXCLUDED.fetched_ts "
-            "WHERE k.valid_until_ts <= EXCLUDED.valid_until_ts", 4);
+            "WHERE k.valid_until_ts <= EXCLUDED.valid_until_ts", 5);
 
     pg = ngx_http_matrix_pg_of_cycle();
 
-    if (pg == NULL || ks->doc == NULL) {
+    if (pg == NULL) {
         return;
     }
 
-    pool = ngx_create_pool(1024 + ks->doc_len, ngx_cycle->log);
+    pool = ngx_create_pool(1024 + doc->len, ngx_cycle->log);
     if (pool == NULL) {
         return;
     }
@@ -726,29 +779,25 @@ ngx_http_matrix_key_db_store(ngx_http_matrix_key_server_t *ks)
         return;
     }
 
-    *ngx_sprintf(until, "%L", ks->doc_valid_until) = '\0';
+    *ngx_sprintf(until, "%L", valid_until) = '\0';
     *ngx_sprintf(now, "%L", ngx_http_matrix_now_ms()) = '\0';
 
     q->stmt = &store;
-    q->nparams = 4;
+    q->nparams = 5;
     q->handler = ngx_http_matrix_key_db_stored;
     q->data = pool;
 
-    v.data = ks->name;
-    v.len = ks->name_len;
-    (void) ngx_http_matrix_pg_param(q, 0, &v);
-
-    v.data = ks->doc;
-    v.len = ks->doc_len;
-    (void) ngx_http_matrix_pg_param(q, 1, &v);
+    (void) ngx_http_matrix_pg_param(q, 0, server);
+    (void) ngx_http_matrix_pg_param(q, 1, from);
+    (void) ngx_http_matrix_pg_param(q, 2, doc);
 
     v.data = until;
     v.len = ngx_strlen(until);
-    (void) ngx_http_matrix_pg_param(q, 2, &v);
+    (void) ngx_http_matrix_pg_param(q, 3, &v);
 
     v.data = now;
     v.len = ngx_strlen(now);
-    (void) ngx_http_matrix_pg_param(q, 3, &v);
+    (void) ngx_http_matrix_pg_param(q, 4, &v);
 
     if (ngx_http_matrix_pg_run(q) != NGX_OK) {
         ngx_destroy_pool(pool);
@@ -837,6 +886,10 @@ static void
 ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
     const char *failure)
 {
+    if (ngx_http_matrix_key_ask_notaries(ks, failure) == NGX_OK) {
+        return;
+    }
+
     if (failure) {
         ngx_cpystrn(ks->failure, (u_char *) failure, sizeof(ks->failure));
         ks->failed_until = ngx_http_matrix_now_ms()
@@ -852,6 +905,112 @@ ngx_http_matrix_key_fetch_done(ngx_http_matrix_key_server_t *ks,
     }
 
     ngx_http_matrix_key_wake(ks, failure);
+}
+
+
+/*
+ * The server failed, or did not have what is waited for: the trusted
+ * notaries, once per fetch.  Their outcome comes back to
+ * ngx_http_matrix_key_fetch_done().
+ */
+
+static ngx_int_t
+ngx_http_matrix_key_ask_notaries(ngx_http_matrix_key_server_t *ks,
+    const char *failure)
+{
+    ngx_http_matrix_notary_ask_t  *na;
+
+    if (ks->notaries_asked) {
+        ks->notaries_asked = 0;
+        return NGX_DECLINED;
+    }
+
+    if (ks->fetch_pool == NULL
+        || (failure == NULL && ngx_http_matrix_key_satisfied(ks)))
+    {
+        return NGX_DECLINED;
+    }
+
+    na = ngx_http_matrix_key_notaries_create(ks->fetch_pool, ngx_cycle->log);
+    if (na == NULL) {
+        return NGX_DECLINED;
+    }
+
+    na->server_name.data = ks->name;
+    na->server_name.len = ks->name_len;
+    na->doc_handler = ngx_http_matrix_key_notary_doc;
+    na->handler = ngx_http_matrix_key_notaries_done;
+    na->data = ks;
+
+    if (failure) {
+        na->why.len = ngx_strlen(failure);
+        na->why.data = ngx_pnalloc(ks->fetch_pool, na->why.len);
+        if (na->why.data == NULL) {
+            return NGX_DECLINED;
+        }
+
+        ngx_memcpy(na->why.data, failure, na->why.len);
+    }
+
+    if (ngx_http_matrix_key_notaries_ask(na) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    ks->notaries_asked = 1;
+
+    return NGX_OK;
+}
+
+
+/* a document the notary vouched for: enough when every waiter is served */
+
+static ngx_int_t
+ngx_http_matrix_key_notary_doc(ngx_http_matrix_notary_ask_t *na)
+{
+    ngx_str_t                      name;
+    ngx_http_matrix_key_server_t  *ks;
+    u_char                         why[200];
+
+    ks = na->data;
+
+    if (ngx_http_matrix_key_take_doc(ks, na->doc.data, na->doc.len, why)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "matrix federation: keys of \"%*s\" from trusted "
+                      "notary \"%V\": %s", ks->name_len, ks->name,
+                      &na->notary, why);
+        return NGX_DECLINED;
+    }
+
+    name.data = ks->name;
+    name.len = ks->name_len;
+
+    ngx_http_matrix_key_db_keep(&name, &na->notary, &na->doc,
+                                na->valid_until_ts);
+
+    return ngx_http_matrix_key_satisfied(ks) ? NGX_OK : NGX_DECLINED;
+}
+
+
+/* a document believed is no failure, even without the key wanted */
+
+static void
+ngx_http_matrix_key_notaries_done(ngx_http_matrix_notary_ask_t *na)
+{
+    ngx_http_matrix_key_server_t  *ks;
+    u_char                         failure[200];
+
+    ks = na->data;
+
+    if (na->status == NGX_OK || na->believed || na->why.len == 0) {
+        ngx_http_matrix_key_fetch_done(ks, NULL);
+        return;
+    }
+
+    *ngx_snprintf(failure, sizeof(failure) - 1, "%V", &na->error) = '\0';
+
+    ngx_http_matrix_key_fetch_done(ks, (char *) failure);
 }
 
 

@@ -427,3 +427,126 @@ location /t { return 204; }
 --- request
 GET /t
 --- error_code: 204
+
+
+
+=== TEST 36: matrix_federation_trusted_key_server: a bad server name
+--- http_config
+matrix_federation_trusted_key_server "notary test" ed25519:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: invalid server name "notary test"/
+
+
+
+=== TEST 37: matrix_federation_trusted_key_server: a key ID of another algorithm
+--- http_config
+matrix_federation_trusted_key_server notary.test rsa:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: invalid key ID "rsa:a" for "notary\.test"/
+
+
+
+=== TEST 38: matrix_federation_trusted_key_server: a key ID with a bad version
+--- http_config
+matrix_federation_trusted_key_server notary.test ed25519:a-b=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: invalid key ID "ed25519:a-b" for "notary\.test"/
+
+
+
+=== TEST 39: matrix_federation_trusted_key_server: padded base64
+--- http_config
+matrix_federation_trusted_key_server notary.test ed25519:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ=;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: invalid key "l8Hft5qXKn1vfHrg3p4\+W8gELQVo8N13JkluMfmn2sQ=" for "notary\.test": not 32 bytes of unpadded base64/
+
+
+
+=== TEST 40: matrix_federation_trusted_key_server: a key of 3 bytes
+--- http_config
+matrix_federation_trusted_key_server notary.test ed25519:a=AAAA;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: invalid key "AAAA" for "notary\.test": not 32 bytes/
+
+
+
+=== TEST 41: matrix_federation_trusted_key_server: a key ID without its key
+--- http_config
+matrix_federation_trusted_key_server notary.test ed25519:a;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: invalid key "ed25519:a" for "notary\.test", expected "ed25519:VERSION=BASE64KEY"/
+
+
+
+=== TEST 42: matrix_federation_trusted_key_server: no key to check the notary by
+--- http_config
+matrix_federation_trusted_key_server notary.test;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*invalid number of arguments in "matrix_federation_trusted_key_server"/
+
+
+
+=== TEST 43: matrix_federation_trusted_key_server: a notary named twice
+--- http_config
+matrix_federation_trusted_key_server notary.test ed25519:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+matrix_federation_trusted_key_server notary.test ed25519:b=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: "notary\.test" is duplicate/
+
+
+
+=== TEST 44: matrix_federation_trusted_key_server: a key ID given twice
+--- http_config
+matrix_federation_trusted_key_server notary.test ed25519:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ ed25519:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_federation_trusted_key_server: key ID "ed25519:a" of "notary\.test" is duplicate/
+
+
+
+=== TEST 45: matrix_federation_trusted_key_server: not in a server block
+--- http_config
+--- config
+matrix_federation_trusted_key_server notary.test ed25519:a=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*"matrix_federation_trusted_key_server" directive is not allowed here/
+
+
+
+=== TEST 46: matrix_federation_trusted_key_server: good ones, two keys for one
+--- http_config
+matrix_federation_trusted_key_server matrix.org ed25519:auto=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+matrix_federation_trusted_key_server notary.test:8448 ed25519:a_1=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ ed25519:b=l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ;
+--- config
+location /t { return 204; }
+--- request
+GET /t
+--- error_code: 204

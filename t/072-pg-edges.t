@@ -24,14 +24,8 @@ $ENV{TEST_NGINX_LOAD_MODULES} .= " $ENV{MATRIX_PGTEST_MODULE}";
 
 my $pg = MatrixPg->start;
 
-$pg->psql(<<'SQL');
-CREATE SCHEMA matrix_silo;
-CREATE TABLE matrix_silo.users (user_id text PRIMARY KEY,
-    localpart text UNIQUE NOT NULL, display_name text, avatar_url text,
-    deactivated boolean NOT NULL DEFAULT false);
-INSERT INTO matrix_silo.users VALUES ('1', 'alice', 'Alice', NULL, false);
-CREATE TABLE public.ledger (id serial PRIMARY KEY, note text);
-SQL
+$pg->silo_users;
+$pg->psql('CREATE TABLE public.ledger (id serial PRIMARY KEY, note text)');
 
 
 my $PROFILE = '/_matrix/client/v3/profile/@alice:example.org';

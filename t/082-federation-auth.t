@@ -20,13 +20,7 @@ plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
 plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
 
 my $pg = MatrixPg->start;
-$pg->psql(<<'SQL');
-CREATE SCHEMA matrix_silo;
-CREATE TABLE matrix_silo.users (user_id text PRIMARY KEY,
-    localpart text UNIQUE NOT NULL, display_name text, avatar_url text,
-    deactivated boolean NOT NULL DEFAULT false);
-INSERT INTO matrix_silo.users VALUES ('1', 'alice', 'Alice', NULL, false);
-SQL
+$pg->silo_users;
 
 my @names = qw(remote.test forged.test expired.test wrongname.test);
 my $fake = MatrixFakeHS->start(names => \@names);
@@ -45,9 +39,7 @@ my $ngx = MatrixNginx->start(http => <<"EOF",
     matrix_server_name module.test;
     matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
     matrix_postgres "@{[ $pg->conninfo ]}" max=2 timeout=3s;
-    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
-    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
-    matrix_federation_allow_ip 127.0.0.0/8;
+@{[ $fake->nginx_federation($dns) ]}
 EOF
     server => '        location /_matrix/ { matrix; }');
 
@@ -233,9 +225,7 @@ $ngx = MatrixNginx->start(http => <<"EOF",
     matrix_server_name module.test;
     matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
     matrix_postgres "@{[ $pg->conninfo ]}" max=2 timeout=3s;
-    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
-    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
-    matrix_federation_allow_ip 127.0.0.0/8;
+@{[ $fake->nginx_federation($dns) ]}
 EOF
     server => '        location /_matrix/ { matrix; }');
 

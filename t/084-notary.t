@@ -29,9 +29,7 @@ my $dns = MatrixDNS->start(records => \%records);
 my $ngx = MatrixNginx->start(http => <<"EOF",
     matrix_server_name module.test;
     matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
-    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
-    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
-    matrix_federation_allow_ip 127.0.0.0/8;
+@{[ $fake->nginx_federation($dns) ]}
 EOF
     server => '        location /_matrix/ { matrix; }');
 

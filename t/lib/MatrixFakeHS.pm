@@ -14,6 +14,7 @@ package MatrixFakeHS;
 #       well_known => {'m.server' => 'target.test:' . $fake->port},
 #       behaviour => {key => {delay_ms => 500}}});
 #   $fake->configure_global({keys => {'module.test' => {$kid => $b64}}});
+#   $fake->nginx_federation($dns);   # http{} lines: resolver, CA, allow_ip
 #   my ($kid, $b64) = $fake->public_key('remote.test');
 #   my $auth = $fake->x_matrix('remote.test', method => 'GET',
 #       uri => '/_matrix/federation/v1/version', destination => 'module.test');
@@ -153,6 +154,16 @@ sub url {
 sub resolve {
     my ($self, $name) = @_;
     return host_of($name) . ':' . $self->port . ':127.0.0.1';
+}
+
+# the http{} lines that send an nginx under test to this fake: DNS's
+# resolver (a MatrixDNS), this fake's CA, loopback allowed
+sub nginx_federation {
+    my ($self, $dns) = @_;
+
+    return "    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;\n"
+         . "    matrix_federation_trusted_certificate @{[ $self->ca_file ]};\n"
+         . "    matrix_federation_allow_ip 127.0.0.0/8;\n";
 }
 
 # a control request; returns the decoded JSON, dies unless 2xx

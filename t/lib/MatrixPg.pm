@@ -11,6 +11,7 @@ package MatrixPg;
 #   $ENV{TEST_NGINX_PG} = $pg->conninfo;     # "host=/tmp/... dbname=..."
 #   $pg->psql('select 1');                   # dies on an SQL error
 #   $pg->stop; $pg->start_again;             # the same cluster and data
+#   $pg->silo_users;                         # matrix_silo.users with alice
 
 use strict;
 use warnings;
@@ -199,6 +200,20 @@ sub psql {
     chomp $out;
 
     return wantarray ? ($ok, $out, $err) : $out;
+}
+
+# the silo's users table, as the federation tests need it: one user,
+# alice ('1', "Alice")
+sub silo_users {
+    my ($self) = @_;
+
+    $self->psql(<<'SQL');
+CREATE SCHEMA matrix_silo;
+CREATE TABLE matrix_silo.users (user_id text PRIMARY KEY,
+    localpart text UNIQUE NOT NULL, display_name text, avatar_url text,
+    deactivated boolean NOT NULL DEFAULT false);
+INSERT INTO matrix_silo.users VALUES ('1', 'alice', 'Alice', NULL, false);
+SQL
 }
 
 sub log_file { "$_[0]{dir}/server.log" }
