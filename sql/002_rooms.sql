@@ -129,10 +129,11 @@ $fn$;
 -- What a new event of the room needs, as one JSON document: the forward
 -- extremities (prev_events), the next depth, and the current state
 -- events that can authorise it, whole (create, power levels, join rules,
--- and the members asked about).  With p_lock, the room's row is locked
+-- server ACL, history visibility, and the members asked about: a JSON
+-- array of user IDs).  With p_lock, the room's row is locked
 -- until the caller's transaction ends: appends are serialised per room.
 
-CREATE FUNCTION matrix_room_head(p_room_nid integer, p_members text[],
+CREATE FUNCTION matrix_room_head(p_room_nid integer, p_members jsonb,
     p_lock boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -162,7 +163,9 @@ BEGIN
                                      'm.room.server_acl',
                                      'm.room.history_visibility')
                           OR (s.type = 'm.room.member'
-                              AND s.state_key = ANY (p_members)))))
+                              AND s.state_key IN
+                                  (SELECT jsonb_array_elements_text(
+                                              p_members))))))
       INTO r;
 
     RETURN r;
@@ -294,5 +297,34 @@ BEGIN
      WHERE ro.room_id = p_silo_room_id;
 
     RETURN r;
+END
+$fn$;
+
+
+-- What a server that joins is sent: the state of the room before its
+-- join (part 0) and the auth chain of that state and of the join
+-- (part 1), as matrix_event_parts() rows.
+
+CREATE FUNCTION matrix_join_parts(p_room_nid integer, p_nid bigint)
+RETURNS TABLE (nid bigint, event_id text, pdu text, room_id text,
+               type text, state_key text, sender text, depth bigint,
+               origin_server_ts bigint, prev_ids jsonb, auth_ids jsonb,
+               hash text, key_id text, sig text, content text,
+               recipe smallint, body text, html text,
+               reply_event_id text, thread_event_id text,
+               redacted boolean, part integer)
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    state  bigint[];
+BEGIN
+    state := ARRAY(SELECT matrix_state_before(p_room_nid, p_nid));
+
+    RETURN QUERY
+    SELECT p.*, 0 FROM matrix_event_parts(state) p
+    UNION ALL
+    SELECT p.*, 1
+      FROM matrix_event_parts(ARRAY(SELECT matrix_auth_chain(
+                                               state || p_nid))) p;
 END
 $fn$;

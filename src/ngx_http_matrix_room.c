@@ -79,6 +79,7 @@ static ngx_int_t ngx_http_matrix_room_committed(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 
 static void ngx_http_matrix_room_leased(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_room_head_cleanup(void *data);
 static void ngx_http_matrix_room_done(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_room_finish(ngx_http_matrix_room_op_t *op,
     ngx_int_t rc);
@@ -192,9 +193,7 @@ static ngx_int_t
 ngx_http_matrix_room_found(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    PGresult                       *res;
-    ngx_http_matrix_room_making_t  *mk;
-    ngx_pool_cleanup_t             *cln;
+    PGresult  *res;
 
     res = op->q->result;
 
@@ -230,6 +229,25 @@ ngx_http_matrix_room_found(ngx_http_request_t *r,
 
     if (op->created || !op->create) {
         return op->then(r, op);
+    }
+
+    return ngx_http_matrix_room_make_events(op, op->then);
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_make_events(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next)
+{
+    ngx_http_request_t             *r;
+    ngx_pool_cleanup_t             *cln;
+    ngx_http_matrix_room_making_t  *mk;
+
+    r = op->r;
+    op->then = next;
+
+    if (op->created) {
+        return next(r, op);
     }
 
     if (op->silo_room_id.len == 0) {
@@ -950,6 +968,179 @@ ngx_http_matrix_room_finish(ngx_http_matrix_room_op_t *op, ngx_int_t rc)
 
     ngx_http_finalize_request(op->r, rc);
     ngx_http_run_posted_requests(c);
+}
+
+
+void
+ngx_http_matrix_room_continue(ngx_http_matrix_room_op_t *op, ngx_int_t rc)
+{
+    if (rc != NGX_DONE) {
+        ngx_http_matrix_room_finish(op, rc);
+    }
+}
+
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_head_stmt =
+    ngx_http_matrix_pg_stmt("SELECT matrix_room_head($1, $2, $3)", 3);
+
+
+ngx_int_t
+ngx_http_matrix_room_head(ngx_http_matrix_room_op_t *op, ngx_str_t *members,
+    ngx_uint_t n, ngx_uint_t lock, ngx_http_matrix_room_step_pt next)
+{
+    char        *text;
+    json_t      *a;
+    ngx_int_t    rc;
+    ngx_str_t    values[3];
+    ngx_uint_t   i;
+
+    a = json_array();
+    if (a == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        json_array_append_new(a, json_stringn((char *) members[i].data,
+                                              members[i].len));
+    }
+
+    text = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = op->nid;
+    values[1].data = (u_char *) text;
+    values[1].len = ngx_strlen(text);
+    ngx_str_set(&values[2], "false");
+
+    if (lock) {
+        ngx_str_set(&values[2], "true");
+    }
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_room_head_stmt,
+                                  values, 3, next);
+    free(text);
+
+    return rc;
+}
+
+
+ngx_http_matrix_room_head_t *
+ngx_http_matrix_room_head_get(ngx_http_matrix_room_op_t *op)
+{
+    json_t                       *doc, *state, *v;
+    size_t                        i;
+    mx_err_t                      err;
+    mx_event_t                   *ev;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_matrix_room_head_t  *h;
+
+    doc = ngx_http_matrix_room_json(op);
+    if (doc == NULL) {
+        return NULL;
+    }
+
+    h = ngx_pcalloc(op->r->pool, sizeof(ngx_http_matrix_room_head_t));
+    cln = ngx_pool_cleanup_add(op->r->pool, 0);
+
+    if (h == NULL || cln == NULL) {
+        json_decref(doc);
+        return NULL;
+    }
+
+    cln->handler = ngx_http_matrix_room_head_cleanup;
+    cln->data = h;
+
+    h->prev_events = json_incref(json_object_get(doc, "prev"));
+    h->depth = json_integer_value(json_object_get(doc, "depth"));
+    state = json_object_get(doc, "state");
+
+    for (i = 0; i < json_array_size(state); i++) {
+        v = json_array_get(state, i);
+
+        if (h->nstate == NGX_HTTP_MATRIX_HEAD_MAX
+            || mx_event_parse(json_string_value(v), json_string_length(v),
+                              op->version, &ev, &err)
+               != MX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+                          "matrix room \"%V\": a state event of ours "
+                          "cannot be read: %s", &op->room_id,
+                          h->nstate == NGX_HTTP_MATRIX_HEAD_MAX
+                          ? "too many" : err.msg);
+            json_decref(doc);
+            return NULL;
+        }
+
+        h->state[h->nstate++] = ev;
+
+        if (ngx_strcmp(ev->type, "m.room.create") == 0) {
+            h->create = ev;
+
+        } else if (ngx_strcmp(ev->type, "m.room.power_levels") == 0) {
+            h->power_levels = ev;
+
+        } else if (ngx_strcmp(ev->type, "m.room.join_rules") == 0) {
+            h->join_rules = ev;
+
+        } else if (ngx_strcmp(ev->type, "m.room.server_acl") == 0) {
+            h->server_acl = ev;
+
+        } else if (ngx_strcmp(ev->type, "m.room.history_visibility") == 0) {
+            h->history_visibility = ev;
+        }
+    }
+
+    json_decref(doc);
+
+    if (h->create == NULL || !json_is_array(h->prev_events)) {
+        ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+                      "matrix room \"%V\": no create event", &op->room_id);
+        return NULL;
+    }
+
+    return h;
+}
+
+
+mx_event_t *
+ngx_http_matrix_room_head_member(ngx_http_matrix_room_head_t *h,
+    ngx_str_t *user_id)
+{
+    size_t       i;
+    mx_event_t  *ev;
+
+    for (i = 0; i < h->nstate; i++) {
+        ev = h->state[i];
+
+        if (ngx_strcmp(ev->type, "m.room.member") == 0
+            && ev->state_key != NULL
+            && ngx_strlen(ev->state_key) == user_id->len
+            && ngx_strncmp(ev->state_key, user_id->data, user_id->len) == 0)
+        {
+            return ev;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_matrix_room_head_cleanup(void *data)
+{
+    ngx_http_matrix_room_head_t  *h = data;
+
+    size_t  i;
+
+    json_decref(h->prev_events);
+
+    for (i = 0; i < h->nstate; i++) {
+        mx_event_free(h->state[i]);
+    }
 }
 
 

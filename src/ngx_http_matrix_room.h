@@ -28,6 +28,24 @@
 
 typedef struct ngx_http_matrix_room_op_s  ngx_http_matrix_room_op_t;
 
+#define NGX_HTTP_MATRIX_HEAD_MAX  16
+
+
+/* what a new event of the room needs (matrix_room_head()) */
+typedef struct {
+    json_t                         *prev_events;   /* array of event IDs */
+    int64_t                         depth;
+    mx_event_t                     *state[NGX_HTTP_MATRIX_HEAD_MAX];
+    size_t                          nstate;
+
+    /* in state, or NULL */
+    mx_event_t                     *create;
+    mx_event_t                     *power_levels;
+    mx_event_t                     *join_rules;
+    mx_event_t                     *server_acl;
+    mx_event_t                     *history_visibility;
+} ngx_http_matrix_room_head_t;
+
 typedef ngx_int_t (*ngx_http_matrix_room_step_pt)(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 
@@ -76,6 +94,27 @@ ngx_int_t ngx_http_matrix_room_begin(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_step_pt next);
 ngx_int_t ngx_http_matrix_room_commit(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_step_pt next);
+
+/* the room's head, with the member events of the users asked about */
+ngx_int_t ngx_http_matrix_room_head(ngx_http_matrix_room_op_t *op,
+    ngx_str_t *members, ngx_uint_t n, ngx_uint_t lock,
+    ngx_http_matrix_room_step_pt next);
+
+/* the head read by the last step, parsed; NULL on error (logged) */
+ngx_http_matrix_room_head_t *ngx_http_matrix_room_head_get(
+    ngx_http_matrix_room_op_t *op);
+
+/* a user's member event in the head, or NULL */
+mx_event_t *ngx_http_matrix_room_head_member(ngx_http_matrix_room_head_t *h,
+    ngx_str_t *user_id);
+
+/* the room's events made now if it has none yet */
+ngx_int_t ngx_http_matrix_room_make_events(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next);
+
+/* after work of its own (not a statement): NGX_DONE goes on, else ends */
+void ngx_http_matrix_room_continue(ngx_http_matrix_room_op_t *op,
+    ngx_int_t rc);
 
 /* the first column of the first row of the last result, or NULL */
 json_t *ngx_http_matrix_room_json(ngx_http_matrix_room_op_t *op);

@@ -10,6 +10,9 @@
 static json_t *mx_room_id_array(const char **ids, size_t n, mx_err_t *err);
 static int mx_room_set_levels(json_t *users, const char *const *ids, size_t n,
     int level);
+static int mx_acl_list_matches(const json_t *list, const char *host,
+    size_t len);
+static int mx_glob_matches(const char *glob, const char *s, size_t len);
 
 
 json_t *
@@ -266,4 +269,116 @@ mx_room_set_levels(json_t *users, const char *const *ids, size_t n,
     }
 
     return MX_OK;
+}
+
+
+int
+mx_server_acl_allows(const json_t *acl, const char *server)
+{
+    size_t        len;
+    const char   *end;
+    json_t       *ip;
+
+    if (!json_is_object(acl)) {
+        return 1;
+    }
+
+    /* the host without the port: "[v6]:port", "v4:port", "name:port" */
+
+    if (server[0] == '[') {
+        end = strchr(server, ']');
+        len = end ? (size_t) (end - server) + 1 : strlen(server);
+
+    } else {
+        end = strchr(server, ':');
+        len = end ? (size_t) (end - server) : strlen(server);
+    }
+
+    ip = json_object_get(acl, "allow_ip_literals");
+
+    if (json_is_false(ip)) {
+        size_t  i;
+        int     digits_and_dots = 1;
+
+        for (i = 0; i < len; i++) {
+            if (!((server[i] >= '0' && server[i] <= '9') || server[i] == '.')) {
+                digits_and_dots = 0;
+                break;
+            }
+        }
+
+        if (server[0] == '[' || digits_and_dots) {
+            return 0;
+        }
+    }
+
+    if (mx_acl_list_matches(json_object_get(acl, "deny"), server, len)) {
+        return 0;
+    }
+
+    return mx_acl_list_matches(json_object_get(acl, "allow"), server, len);
+}
+
+
+static int
+mx_acl_list_matches(const json_t *list, const char *host, size_t len)
+{
+    size_t       i;
+    const char  *glob;
+
+    for (i = 0; i < json_array_size(list); i++) {
+        glob = json_string_value(json_array_get(list, i));
+
+        if (glob != NULL && mx_glob_matches(glob, host, len)) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* iterative, with one backtrack point: linear for any glob */
+
+static int
+mx_glob_matches(const char *glob, const char *s, size_t len)
+{
+    size_t       i, star_i;
+    const char  *g, *star_g;
+    char         a, b;
+
+    g = glob;
+    i = 0;
+    star_g = NULL;
+    star_i = 0;
+
+    while (i < len) {
+        if (*g == '*') {
+            star_g = ++g;
+            star_i = i;
+            continue;
+        }
+
+        a = (*g >= 'A' && *g <= 'Z') ? (char) (*g + 32) : *g;
+        b = (s[i] >= 'A' && s[i] <= 'Z') ? (char) (s[i] + 32) : s[i];
+
+        if (*g != '\0' && (*g == '?' || a == b)) {
+            g++;
+            i++;
+            continue;
+        }
+
+        if (star_g == NULL) {
+            return 0;
+        }
+
+        g = star_g;
+        i = ++star_i;
+    }
+
+    while (*g == '*') {
+        g++;
+    }
+
+    return *g == '\0';
 }

@@ -84,5 +84,14 @@ json_t *mx_room_power_levels(const mx_room_version_t *version,
 json_t *mx_room_create_content(const mx_room_version_t *version,
     const char *creator, mx_err_t *err);
 
+/*
+ * Whether an m.room.server_acl content lets server (a server name, its
+ * port ignored) take part in the room: not an IP literal unless
+ * allow_ip_literals (default true), matching no "deny" glob and some
+ * "allow" glob (* any run, ? any one character, case-insensitive).  A
+ * content that is not an object allows everyone (no ACL).
+ */
+int mx_server_acl_allows(const json_t *acl, const char *server);
+
 
 #endif /* MX_ROOM_H */
