@@ -328,3 +328,72 @@ BEGIN
                                                state || p_nid))) p;
 END
 $fn$;
+
+
+-- May server see the room's events?  Its rooms' history is "shared": a
+-- server with a user joined now sees all of it.  The server ACL, when the
+-- room has one, is returned for the caller to apply.
+
+CREATE FUNCTION matrix_server_access(p_room_nid integer, p_server text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT jsonb_build_object(
+        'joined', EXISTS (SELECT 1 FROM room_state s
+                           WHERE s.room_nid = p_room_nid
+                             AND s.membership = 'join'
+                             AND substr(s.state_key,
+                                        strpos(s.state_key, ':') + 1)
+                                 = p_server),
+        'acl', (SELECT e.pdu FROM room_state s JOIN events e
+                    ON e.nid = s.event_nid
+                 WHERE s.room_nid = p_room_nid
+                   AND s.type = 'm.room.server_acl' AND s.state_key = ''))
+$fn$;
+
+
+-- backfill: from the latest of the events named (those of the room),
+-- going back, at most p_limit events, the newest first.
+
+CREATE FUNCTION matrix_backfill(p_room_nid integer, p_from jsonb,
+    p_limit integer)
+RETURNS SETOF bigint
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT e.nid FROM events e
+     WHERE e.room_nid = p_room_nid
+       AND e.nid <= (SELECT max(f.nid) FROM events f
+                      WHERE f.room_nid = p_room_nid
+                        AND f.event_id IN (SELECT jsonb_array_elements_text(
+                                                      p_from)))
+     ORDER BY e.nid DESC
+     LIMIT p_limit
+$fn$;
+
+
+-- get_missing_events: the events after the latest of p_earliest and
+-- before the latest of p_latest (both of the room), at least
+-- p_min_depth deep, the p_limit most recent of them, oldest first.
+
+CREATE FUNCTION matrix_missing_events(p_room_nid integer, p_earliest jsonb,
+    p_latest jsonb, p_limit integer, p_min_depth bigint)
+RETURNS SETOF bigint
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT nid FROM (
+        SELECT e.nid FROM events e
+         WHERE e.room_nid = p_room_nid
+           AND e.depth >= p_min_depth
+           AND e.nid > coalesce((SELECT max(f.nid) FROM events f
+                                  WHERE f.room_nid = p_room_nid
+                                    AND f.event_id IN
+                                        (SELECT jsonb_array_elements_text(
+                                                    p_earliest))), 0)
+           AND e.nid < (SELECT max(l.nid) FROM events l
+                         WHERE l.room_nid = p_room_nid
+                           AND l.event_id IN
+                               (SELECT jsonb_array_elements_text(p_latest)))
+         ORDER BY e.nid DESC
+         LIMIT p_limit) m
+     ORDER BY nid
+$fn$;
