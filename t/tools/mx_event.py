@@ -267,9 +267,9 @@ def verify_event_signatures(event, room_version, keys, servers=None):
     except ValueError as e:
         return [str(e)]
     red = redact(event, room_version)
-    sigs = event.get("signatures")
+    sigs = event.get("signatures", {})
     if not isinstance(sigs, dict):
-        return ["no signatures object"]
+        return ["signatures is not an object"]
     for server in needed:
         mine = sigs.get(server)
         if not isinstance(mine, dict) or not mine:
