@@ -6,6 +6,8 @@
 #   make demo            a local nginx with the module, showing the key document
 #   make bench           benchmarks (bench/)
 #   make deps            install the Debian packages the above need
+#   make node-deps       the test tools' npm packages (t/tools/package.json)
+#                        into build/node/node_modules
 
 SHELL       := /bin/bash
 NGINX_SRC   ?= /usr/share/nginx/src
@@ -33,7 +35,7 @@ DEB_PACKAGES := build-essential nginx nginx-dev libjansson-dev libsodium-dev \
                 python3-aiohttp python3-asyncpg python3-markdown python3-bleach \
                 python3-dnslib bind9-dnsutils wrk curl openssl postgresql
 
-.PHONY: all module tool deps test demo demo-stop bench clean
+.PHONY: all module tool deps node-deps test demo demo-stop bench clean
 
 all: module tool
 
@@ -98,13 +100,32 @@ deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	done); \
-	if [ -n "$$missing" ]; then \
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	    missing="$$missing $(NODE_DEB_PACKAGES)"; \
+	fi; \
+	if [ -n "$${missing// /}" ]; then \
 	    echo "installing:" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-test: deps all $(CORE_TESTS)
+# node and npm: Debian's, unless the machine has a node of its own
+# (NodeSource's "nodejs" provides npm and conflicts with Debian's npm)
+NODE_DEB_PACKAGES := nodejs npm
+NODE_DIR    := $(BUILD)/node
+
+# the npm packages of the test tools (ajv for t/tools/spec_validate.js),
+# exactly as locked, into build/node; again when the lock changes
+$(NODE_DIR)/.installed: t/tools/package.json t/tools/package-lock.json
+	@mkdir -p $(NODE_DIR)
+	cp t/tools/package.json t/tools/package-lock.json $(NODE_DIR)/
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_DIR)/.installed
+
+test: deps all $(CORE_TESTS) node-deps
 	MX_VECTORS=$(SPEC)/vectors.json \
+	MX_SPEC_DIR=$(SPEC) \
 	MATRIX_BUILD_DIR=$(CURDIR)/$(BUILD) \
 	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-/usr/sbin/nginx} \
 	TEST_NGINX_LOAD_MODULES=$(CURDIR)/$(BUILD)/ngx_http_matrix_module.so \

@@ -18,6 +18,11 @@ package MatrixFakeHS;
 #   my ($kid, $b64) = $fake->public_key('remote.test');
 #   my $auth = $fake->x_matrix('remote.test', method => 'GET',
 #       uri => '/_matrix/federation/v1/version', destination => 'module.test');
+#   my $s = $fake->sign_event('remote.test', '10', \%event);
+#       # {event => hashed and signed by remote.test, event_id => '$...'}
+#   my $r = $fake->check_event('10', \%event, {'c.test' => {$kid => $b64}});
+#       # {event_id, hash_ok, signatures_ok, redacted, required_servers,
+#       #  errors => [...]}: checked by t/tools/mx_event.py
 #   $fake->tls('remote.test', 'expired');     # or wrong_name, untrusted, ...
 #   my @reqs = $fake->requests(endpoint => 'key');   # hashes, oldest first
 #   $fake->reset;   $fake->stop;
@@ -254,6 +259,29 @@ sub sign_json {
     my ($self, $name, $obj, %o) = @_;
     return $self->_control('POST', '/_fake/sign_json',
                            { name => $name, json => $obj, %o });
+}
+
+# EVENT (a PDU of room version RV) with its content hash and NAME's
+# signatures, as t/tools/mx_event.py makes them: {event, event_id};
+# forged => 1 signs with other keys under the same key IDs
+sub sign_event {
+    my ($self, $name, $rv, $event, %o) = @_;
+    return $self->_control('POST', '/_fake/sign_event',
+                           { %o, name => $name, room_version => "$rv",
+                             event => $event });
+}
+
+# EVENT checked by t/tools/mx_event.py: {event_id, hash_ok,
+# signatures_ok, redacted, required_servers, errors => [...]}, and
+# room_id for a v12 create event. KEYS ({server => {key_id => base64}})
+# are used for their servers; other servers that must sign have the keys
+# the fake uses for X-Matrix: its own servers', or the global "keys"
+# (given, or fetched from a URL, e.g. the module's key server).
+sub check_event {
+    my ($self, $rv, $event, $keys) = @_;
+    return $self->_control('POST', '/_fake/check_event',
+                           { room_version => "$rv", event => $event,
+                             $keys ? (keys => $keys) : () });
 }
 
 # Makes NAME present another certificate:

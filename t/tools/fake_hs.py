@@ -28,6 +28,22 @@ fields: t/lib/MatrixFakeHS.pm). A separate plain-HTTP control port
   POST /_fake/sign_request     an X-Matrix Authorization header (or, given
                                "uris", one for each)
   POST /_fake/sign_json        a JSON object signed by one of the servers
+  POST /_fake/sign_event       {name, room_version, event[, forged]}: the
+                               event hashed and signed by that server (all
+                               its keys), as t/tools/mx_event.py does it:
+                               {event, event_id}
+  POST /_fake/check_event      {room_version, event[, keys]}: the event's
+                               hashes, signatures and ID checked by
+                               mx_event.py: {event_id, hash_ok,
+                               signatures_ok, redacted, required_servers,
+                               errors: [...]} (room_id for v12 create
+                               events). keys, {SERVER: {KEY_ID: BASE64}},
+                               are the verify keys to use for those
+                               servers; the other servers that must sign
+                               have the keys the fake uses for X-Matrix:
+                               its own, or those of the global "keys"
+                               (given, or fetched from the URL: a module's
+                               GET /_matrix/key/v2/server)
 
 Only Debian's packages: python3-aiohttp, python3-signedjson (and so
 python3-nacl), python3-canonicaljson. Run it with /usr/bin/python3.
@@ -57,6 +73,9 @@ from aiohttp.resolver import DefaultResolver
 import canonicaljson
 import signedjson.key
 import signedjson.sign
+
+sys.dont_write_bytecode = True    # no __pycache__ in the source tree
+import mx_event  # noqa: E402  (t/tools/mx_event.py, beside this file)
 
 # ---------------------------------------------------------------- config
 
@@ -935,6 +954,53 @@ def make_control_app(state):
             raise web.HTTPBadRequest(text="json must be an object\n")
         return reply(s.sign(b["json"], forged=bool(b.get("forged"))))
 
+    def event_args(b):
+        if not isinstance(b.get("event"), dict):
+            raise web.HTTPBadRequest(text="event must be an object\n")
+        if str(b.get("room_version")) not in mx_event.KNOWN_VERSIONS:
+            raise web.HTTPBadRequest(text="room_version: one of %s\n"
+                                     % ", ".join(mx_event.KNOWN_VERSIONS))
+        return b["event"], str(b["room_version"])
+
+    async def sign_event(request):
+        b = await body_of(request)
+        s = signer(b)
+        event, rv = event_args(b)
+        for k in s.keys:
+            if b.get("forged"):
+                k = signedjson.key.generate_signing_key(k.version)
+            event = mx_event.sign_event(event, s.name, k, rv)
+        return reply({"event": event,
+                      "event_id": mx_event.event_id(event, rv)})
+
+    async def check_event(request):
+        b = await body_of(request)
+        event, rv = event_args(b)
+        given = b.get("keys") or {}
+        if not isinstance(given, dict):
+            raise web.HTTPBadRequest(text="keys: {server: {key_id: b64}}\n")
+        keys, errors = dict(given), []
+        try:
+            needed = mx_event.required_signers(event, rv)
+        except ValueError:
+            needed = []    # check_event says why
+        for name in needed:
+            if name in keys:
+                continue
+            try:
+                found, _ = await state.verify_keys(name)
+            except Exception as e:
+                errors.append("fetching the keys of %s: %s" % (name, e))
+                continue
+            keys[name] = {kid: signedjson.key.encode_verify_key_base64(vk)
+                          for kid, vk in found.items()}
+        try:
+            out = mx_event.check_event(event, rv, keys)
+        except Exception as e:
+            raise web.HTTPBadRequest(text="check_event: %s\n" % e)
+        out["errors"] = errors + out["errors"]
+        return reply(out)
+
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_get("/_fake/requests", requests)
     app.router.add_post("/_fake/reset", reset)
@@ -942,6 +1008,8 @@ def make_control_app(state):
     app.router.add_get("/_fake/keys", keys)
     app.router.add_post("/_fake/sign_request", sign_request)
     app.router.add_post("/_fake/sign_json", sign_json)
+    app.router.add_post("/_fake/sign_event", sign_event)
+    app.router.add_post("/_fake/check_event", check_event)
     return app
 
 
