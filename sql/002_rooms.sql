@@ -53,7 +53,8 @@ CREATE INDEX silo_outbox_due ON silo_outbox (next_attempt_ts);
 --    "recipe" and "silo_message_id" (for events rebuilt from the silo),
 --    "outbox": a silo_outbox kind, or absent}
 -- Every event named must be in the room already (or earlier in the
--- array).  Returns the nids, in the same order.
+-- array).  An event already stored is left as it is.  Returns the nids,
+-- in the same order.
 
 CREATE FUNCTION matrix_append_events(p_room_nid integer, p_events jsonb)
 RETURNS SETOF bigint
@@ -66,6 +67,15 @@ DECLARE
     n      bigint;
 BEGIN
     FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
+
+        -- an event sent again (a retried send_join) is stored once
+        SELECT ev.nid INTO n FROM events ev
+         WHERE ev.event_id = e ->> 'event_id';
+
+        IF FOUND THEN
+            RETURN NEXT n;
+            CONTINUE;
+        END IF;
 
         SELECT coalesce(array_agg(ev.nid ORDER BY i.ord), '{}')
           INTO prev

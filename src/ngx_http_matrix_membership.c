@@ -77,8 +77,6 @@ static ngx_int_t ngx_http_matrix_omit_members(json_t *state, json_t *ids,
     json_t *servers);
 static void ngx_http_matrix_event_release(void *data);
 
-static ngx_int_t ngx_http_matrix_forbidden(ngx_http_request_t *r,
-    const char *fmt, ...);
 static ngx_int_t ngx_http_matrix_acl_check(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *head);
 
@@ -885,47 +883,15 @@ ngx_http_matrix_omit_members(json_t *state, json_t *ids, json_t *servers)
 }
 
 
-/* helpers */
-
-
 static ngx_int_t
 ngx_http_matrix_acl_check(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *head)
 {
-    u_char  server[256];
-
-    if (head->server_acl == NULL || op->ctx->origin.len >= sizeof(server)) {
+    if (head->server_acl == NULL) {
         return NGX_OK;
     }
 
-    ngx_cpystrn(server, op->ctx->origin.data, op->ctx->origin.len + 1);
-
-    if (mx_server_acl_allows(head->server_acl->content, (char *) server)) {
-        return NGX_OK;
-    }
-
-    return ngx_http_matrix_forbidden(op->r, "The room's server ACL denies "
-                                     "%V", &op->ctx->origin);
-}
-
-
-static ngx_int_t
-ngx_http_matrix_forbidden(ngx_http_request_t *r, const char *fmt, ...)
-{
-    u_char   *p;
-    va_list   args;
-    u_char    msg[512];
-
-    va_start(args, fmt);
-    p = ngx_vslprintf(msg, msg + sizeof(msg) - 1, fmt, args);
-    va_end(args);
-    *p = '\0';
-
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "matrix room: refused: %s", msg);
-
-    return ngx_http_matrix_send_error(r, NGX_HTTP_FORBIDDEN, "M_FORBIDDEN",
-                                      "%s", msg);
+    return ngx_http_matrix_room_acl(op, head->server_acl->content);
 }
 
 

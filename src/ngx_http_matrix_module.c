@@ -264,8 +264,11 @@ json_t *
 ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
 {
     json_t                 *v;
+    size_t                  len;
     mx_err_t                err;
     ngx_buf_t              *b;
+    ngx_uint_t              n;
+    ngx_chain_t            *cl;
     ngx_pool_cleanup_t     *cln;
     ngx_http_matrix_ctx_t  *ctx;
 
@@ -286,7 +289,7 @@ ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
         return NULL;
     }
 
-    if (r->request_body->temp_file || r->request_body->bufs->next) {
+    if (r->request_body->temp_file) {
         /* larger than client_body_buffer_size: not read from a file here */
         *rc = ngx_http_matrix_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                          "M_TOO_LARGE",
@@ -295,7 +298,42 @@ ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
         return NULL;
     }
 
-    b = r->request_body->bufs->buf;
+    /*
+     * The body may come in several buffers (what was read with the
+     * headers, the rest, an empty last one): one is needed to parse.
+     */
+
+    b = NULL;
+    len = 0;
+    n = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        if (cl->buf->last > cl->buf->pos) {
+            b = cl->buf;
+            len += cl->buf->last - cl->buf->pos;
+            n++;
+        }
+    }
+
+    if (n > 1) {
+        b = ngx_create_temp_buf(r->pool, len);
+        if (b == NULL) {
+            *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return NULL;
+        }
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            b->last = ngx_cpymem(b->last, cl->buf->pos,
+                                 cl->buf->last - cl->buf->pos);
+        }
+    }
+
+    if (b == NULL) {
+        *rc = ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "M_NOT_JSON",
+                                         "A JSON body is required");
+        return NULL;
+    }
 
     v = mx_json_parse((char *) b->pos, b->last - b->pos, 0, &err);
     if (v == NULL) {

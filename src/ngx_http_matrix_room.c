@@ -80,6 +80,8 @@ static ngx_int_t ngx_http_matrix_room_committed(ngx_http_request_t *r,
 
 static void ngx_http_matrix_room_leased(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_room_head_cleanup(void *data);
+static ngx_int_t ngx_http_matrix_room_accessed(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
 static void ngx_http_matrix_room_done(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_room_finish(ngx_http_matrix_room_op_t *op,
     ngx_int_t rc);
@@ -183,7 +185,11 @@ ngx_http_matrix_room_open(ngx_http_matrix_room_op_t *op, ngx_str_t *room_id,
     }
 
     /* the route's handler returns NGX_DONE: the request lives on */
-    op->r->main->count++;
+
+    if (!op->counted) {
+        op->r->main->count++;
+        op->counted = 1;
+    }
 
     return NGX_DONE;
 }
@@ -977,6 +983,105 @@ ngx_http_matrix_room_continue(ngx_http_matrix_room_op_t *op, ngx_int_t rc)
     if (rc != NGX_DONE) {
         ngx_http_matrix_room_finish(op, rc);
     }
+}
+
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_access_stmt =
+    ngx_http_matrix_pg_stmt("SELECT matrix_server_access($1, $2)", 2);
+
+
+ngx_int_t
+ngx_http_matrix_room_access(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next)
+{
+    ngx_str_t  values[2];
+
+    op->pending = next;
+
+    values[0] = op->nid;
+    values[1] = op->ctx->origin;
+
+    return ngx_http_matrix_room_run(op, &ngx_http_matrix_room_access_stmt,
+                                    values, 2, ngx_http_matrix_room_accessed);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_accessed(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    json_t      *doc, *acl;
+    mx_err_t     err;
+    ngx_int_t    rc;
+    const char  *text;
+
+    doc = ngx_http_matrix_room_json(op);
+    if (doc == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    text = json_string_value(json_object_get(doc, "acl"));
+
+    if (text != NULL) {
+        acl = mx_json_parse(text, ngx_strlen(text), 0, &err);
+        rc = ngx_http_matrix_room_acl(op, json_object_get(acl, "content"));
+        json_decref(acl);
+
+        if (rc != NGX_OK) {
+            json_decref(doc);
+            return rc;
+        }
+    }
+
+    if (!json_is_true(json_object_get(doc, "joined"))) {
+        json_decref(doc);
+        return ngx_http_matrix_forbidden(r, "%V has no user in the room",
+                                         &op->ctx->origin);
+    }
+
+    json_decref(doc);
+
+    return op->pending(r, op);
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_acl(ngx_http_matrix_room_op_t *op, json_t *acl_content)
+{
+    u_char  server[256];
+
+    if (acl_content == NULL || op->ctx->origin.len >= sizeof(server)) {
+        return NGX_OK;
+    }
+
+    ngx_cpystrn(server, op->ctx->origin.data, op->ctx->origin.len + 1);
+
+    if (mx_server_acl_allows(acl_content, (char *) server)) {
+        return NGX_OK;
+    }
+
+    return ngx_http_matrix_forbidden(op->r, "The room's server ACL denies "
+                                     "%V", &op->ctx->origin);
+}
+
+
+ngx_int_t
+ngx_http_matrix_forbidden(ngx_http_request_t *r, const char *fmt, ...)
+{
+    u_char   *p;
+    va_list   args;
+    u_char    msg[512];
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(msg, msg + sizeof(msg) - 1, fmt, args);
+    va_end(args);
+    *p = '\0';
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "matrix room: refused: %s", msg);
+
+    return ngx_http_matrix_send_error(r, NGX_HTTP_FORBIDDEN, "M_FORBIDDEN",
+                                      "%s", msg);
 }
 
 

@@ -68,6 +68,7 @@ struct ngx_http_matrix_room_op_s {
     ngx_http_matrix_room_step_pt    then;          /* once the room is open */
     ngx_http_matrix_room_step_pt    pending;       /* after BEGIN, COMMIT */
     unsigned                        create:1;
+    unsigned                        counted:1;     /* r->main->count taken */
     void                           *making;        /* its events, while they
                                                       are made */
 };
@@ -107,6 +108,21 @@ ngx_http_matrix_room_head_t *ngx_http_matrix_room_head_get(
 /* a user's member event in the head, or NULL */
 mx_event_t *ngx_http_matrix_room_head_member(ngx_http_matrix_room_head_t *h,
     ngx_str_t *user_id);
+
+/*
+ * The verified origin may read the room: one of its users is joined, and
+ * the room's server ACL (if any) lets it in; else 403 M_FORBIDDEN.
+ */
+ngx_int_t ngx_http_matrix_room_access(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_step_pt next);
+
+/* 403 M_FORBIDDEN saying why, logged */
+ngx_int_t ngx_http_matrix_forbidden(ngx_http_request_t *r,
+    const char *fmt, ...);
+
+/* the room's server ACL content refuses the origin: NGX_OK if not */
+ngx_int_t ngx_http_matrix_room_acl(ngx_http_matrix_room_op_t *op,
+    json_t *acl_content);
 
 /* the room's events made now if it has none yet */
 ngx_int_t ngx_http_matrix_room_make_events(ngx_http_matrix_room_op_t *op,

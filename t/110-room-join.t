@@ -16,10 +16,15 @@ use MatrixNginx;
 use MatrixFakeHS;
 use MatrixDNS;
 use MatrixTest;
+use MatrixSpec;
 
 plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
 plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
 plan skip_all => 'MATRIX_TOOL is not set' unless $ENV{MATRIX_TOOL};
+plan skip_all => MatrixSpec::skip_reason() if MatrixSpec::skip_reason();
+
+my $spec = MatrixSpec->start;
+my $KEYS = { 'module.test' => { 'ed25519:1' => $MatrixTest::SPEC_PUBLIC_KEY } };
 
 my $SILO = "$FindBin::Bin/../examples/silo";
 my $JSON = JSON::PP->new->canonical;
@@ -59,6 +64,24 @@ EOF
 $pg->psql(q{INSERT INTO matrix.matrix_rooms (room_id, silo_room_id, room_version)
             VALUES ('!general:module.test', '1', '10'),
                    ('!private:module.test', '3', '10')});
+
+# every event this server serves: hash, signature and event ID as an
+# independent implementation (t/tools/mx_event.py) sees them
+sub events_ok {
+    my ($events, $name, $ids) = @_;
+    my ($bad, $i) = (0, 0);
+    for my $ev (@$events) {
+        my $c = $fake->check_event('10', $ev, $KEYS);
+        my $want_id = $ids ? $ids->[$i] : undef;
+        if (!$c->{signatures_ok} || !$c->{hash_ok}
+            || (defined $want_id && $c->{event_id} ne $want_id)) {
+            diag "$name: event $i: " . encode_json($c) unless $bad++;
+        }
+        $i++;
+    }
+    is $bad, 0, "$name: every event's hash, signature and ID check out ("
+              . scalar(@$events) . ")";
+}
 
 sub fed {
     my ($method, $uri, $content) = @_;
@@ -118,6 +141,173 @@ my $again = $pg->psql(q{SELECT count(*) FROM matrix.events e
                          WHERE r.room_id = '!general:module.test'});
 is $again, $count, 'the room\'s events are made once';
 
+# --- send_join -----------------------------------------------------------------
+
+($status, $json) = fed('GET',
+    "/_matrix/federation/v1/make_join/$ROOM/$USER?ver=10");
+$spec->valid_ok('server-server', 'GET',
+    "/_matrix/federation/v1/make_join/$ROOM/$USER", $status, $json,
+    'make_join matches the spec');
+
+my $signed = $fake->sign_event('remote.test', '10', $json->{event});
+my ($join, $join_id) = ($signed->{event}, $signed->{event_id});
+
+my $SJ2 = "/_matrix/federation/v2/send_join/$ROOM/$join_id";
+
+# refusals first: nothing of these may stay
+(my $wrong_id = $SJ2) =~ s/\$[^\/]+$/\$notthisone/;
+($status, $json) = fed('PUT', $wrong_id, $join);
+is $status, 400, 'send_join under another event ID: 400';
+
+my %message = (%$join, type => 'm.room.message',
+               content => { msgtype => 'm.text', body => 'hi' });
+delete $message{state_key};
+my $msg = $fake->sign_event('remote.test', '10', \%message);
+($status, $json) = fed('PUT', "/_matrix/federation/v2/send_join/$ROOM/$msg->{event_id}",
+                       $msg->{event});
+is $status, 400, 'send_join with a message: 400';
+
+my $forged = $fake->sign_event('remote.test', '10',
+    do { my $t = decode_json(encode_json($join)); delete @$t{qw(hashes signatures)}; $t },
+    forged => 1);
+($status, $json, $body) = fed('PUT', "/_matrix/federation/v2/send_join/$ROOM/$forged->{event_id}",
+                       $forged->{event});
+is $status, 403, "send_join with a bad signature: 403" or diag encode_json($json);
+like $json->{error}, qr/signature/, 'says so';
+
+my %tampered = %$join;
+$tampered{content} = { membership => 'join', displayname => 'Mallory' };
+($status, $json) = fed('PUT', $SJ2, \%tampered);
+is $status, 400, 'send_join whose content no longer matches its hash: 400';
+
+($status, $json, $body) = fed('PUT', $SJ2, $join);
+is $status, 200, 'send_join v2: 200' or diag $body;
+$spec->valid_ok('server-server', 'PUT', $SJ2, $status, $body,
+    'send_join matches the spec');
+is $json->{origin}, 'module.test', 'origin';
+ok((grep { $_->{type} eq 'm.room.create' } @{ $json->{state} }), 'state has the create event');
+ok((grep { $_->{type} eq 'm.room.power_levels' } @{ $json->{state} }), 'and the power levels');
+ok(!(grep { ($_->{state_key} // '') eq $USER } @{ $json->{state} }),
+   'the state is the one before the join');
+cmp_ok scalar @{ $json->{auth_chain} }, '>=', 3, 'an auth chain';
+events_ok($json->{state}, 'send_join state');
+events_ok($json->{auth_chain}, 'send_join auth chain');
+
+my $members = grep { $_->{type} eq 'm.room.member' } @{ $json->{state} };
+cmp_ok $members, '<', 20, "lazy membership: $members members in the state, "
+                        . 'not every silo member';
+
+my $stored = $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id = '$join_id'});
+is $stored, 1, 'the join is stored';
+my $queued = $pg->psql(qq{SELECT kind FROM matrix.silo_outbox o JOIN matrix.events e
+                           ON e.nid = o.event_nid WHERE e.event_id = '$join_id'});
+is $queued, 'membership', 'and the silo is owed a PUT memberships';
+
+($status, $json, $body) = fed('PUT', "/_matrix/federation/v1/send_join/$ROOM/$join_id", $join);
+is $status, 200, 'send_join v1 with the same event: 200 (a join again)';
+is ref $json, 'ARRAY', 'v1: [200, {...}]';
+is $json->[0], 200, 'v1: the status inside';
+
+# --- the room, as a joined server reads it ------------------------------------
+
+my $head = $pg->psql(qq{SELECT event_id FROM matrix.events e JOIN matrix.matrix_rooms r
+                         USING (room_nid) WHERE r.room_id = '$ROOM' ORDER BY nid DESC LIMIT 1});
+
+($status, $json, $body) = fed('GET', "/_matrix/federation/v1/state_ids/$ROOM?event_id=$head");
+is $status, 200, 'state_ids: 200';
+$spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/state_ids/$ROOM",
+    $status, $body, 'state_ids matches the spec');
+ok((grep { $_ eq $join_id } @{ $json->{pdu_ids} }) || $head eq $join_id,
+   'the join is in the state (or is the head)');
+
+($status, $json, $body) = fed('GET', "/_matrix/federation/v1/state/$ROOM?event_id=$head");
+is $status, 200, 'state: 200';
+$spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/state/$ROOM",
+    $status, $body, 'state matches the spec');
+events_ok($json->{pdus}, 'state');
+
+($status) = fed('GET', "/_matrix/federation/v1/state/$ROOM");
+is $status, 400, 'state without event_id: 400';
+
+# backfill to the first event of the room
+my @all;
+my @from = ($head);
+for (1 .. 20) {
+    my $q = join '&', (map { "v=" . uri_escape($_) } @from), 'limit=100';
+    ($status, $json, $body) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?$q");
+    last unless $status == 200 && @{ $json->{pdus} };
+    $spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/backfill/$ROOM",
+        $status, $body, 'backfill matches the spec') if @all == 0;
+    push @all, @{ $json->{pdus} };
+    last if grep { $_->{type} eq 'm.room.create' } @{ $json->{pdus} };
+    @from = @{ $json->{pdus}[-1]{prev_events} };
+}
+ok((grep { $_->{type} eq 'm.room.create' } @all), 'backfill reaches the create event');
+my @texts = grep { $_->{type} eq 'm.room.message' } @all;
+cmp_ok scalar @texts, '>=', 250, 'with the silo\'s history: ' . scalar(@texts) . ' messages';
+events_ok(\@all, 'backfilled');
+
+my $first = $pg->psql(q{SELECT source FROM chat.messages WHERE room_id = 1 AND deleted_at IS NULL
+                         ORDER BY created_at, id LIMIT 1});
+is $texts[-1]{content}{body}, $first, 'the oldest message is the silo\'s first';
+
+($status, $json) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?v=%24nope&limit=10");
+is $status, 200, 'backfill from an event not of the room: 200';
+is_deeply $json->{pdus}, [], 'and nothing';
+
+($status) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?limit=10");
+is $status, 400, 'backfill without v: 400';
+
+# get_missing_events
+my $create_id = $pg->psql(qq{SELECT event_id FROM matrix.events e JOIN matrix.matrix_rooms r
+                              USING (room_nid) WHERE r.room_id = '$ROOM' AND type = 'm.room.create'});
+my $gme = { earliest_events => [$create_id], latest_events => [$join_id], limit => 5 };
+($status, $json, $body) = fed('POST', "/_matrix/federation/v1/get_missing_events/$ROOM", $gme);
+is $status, 200, 'get_missing_events: 200';
+$spec->valid_ok('server-server', 'POST', "/_matrix/federation/v1/get_missing_events/$ROOM",
+    $status, $body, 'get_missing_events matches the spec');
+is scalar @{ $json->{events} }, 5, 'as many as asked';
+events_ok($json->{events}, 'missing events');
+
+# one event, and its auth chain
+my $one = uri_escape($join_id);
+($status, $json, $body) = fed('GET', "/_matrix/federation/v1/event/$one");
+is $status, 200, 'event: 200';
+$spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/event/$one",
+    $status, $body, 'event matches the spec');
+is scalar @{ $json->{pdus} }, 1, 'one PDU';
+events_ok($json->{pdus}, 'event', [$join_id]);
+
+($status, $json, $body) = fed('GET', "/_matrix/federation/v1/event_auth/$ROOM/$one");
+is $status, 200, 'event_auth: 200';
+$spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/event_auth/$ROOM/$one",
+    $status, $body, 'event_auth matches the spec');
+events_ok($json->{auth_chain}, 'event_auth');
+
+($status) = fed('GET', "/_matrix/federation/v1/event/%24nosuchevent");
+is $status, 404, 'an unknown event: 404';
+
+# --- leave ---------------------------------------------------------------------
+
+($status, $json, $body) = fed('GET', "/_matrix/federation/v1/make_leave/$ROOM/$USER");
+is $status, 200, 'make_leave: 200' or diag $body;
+$spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/make_leave/$ROOM/$USER",
+    $status, $body, 'make_leave matches the spec');
+my $leave = $fake->sign_event('remote.test', '10', $json->{event});
+($status, $json, $body) = fed('PUT', "/_matrix/federation/v2/send_leave/$ROOM/$leave->{event_id}",
+                              $leave->{event});
+is $status, 200, 'send_leave v2: 200' or diag $body;
+is $body, '{}', 'answers {}';
+
+($status) = fed('GET', "/_matrix/federation/v1/state_ids/$ROOM?event_id=$head");
+is $status, 403, 'a server with nobody in the room may not read it';
+
 unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
 
 done_testing;
+
+sub uri_escape {
+    my ($s) = @_;
+    $s =~ s/([^A-Za-z0-9\-._~])/sprintf '%%%02X', ord $1/ge;
+    return $s;
+}
