@@ -47,6 +47,7 @@ static ngx_http_matrix_route_t  *ngx_http_matrix_route_tables[] = {
     ngx_http_matrix_profile_routes,
     ngx_http_matrix_notary_routes,
     ngx_http_matrix_devices_routes,
+    ngx_http_matrix_directory_routes,
     NULL
 };
 
