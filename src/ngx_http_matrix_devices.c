@@ -96,10 +96,7 @@ ngx_http_matrix_user_devices_done(ngx_http_matrix_pg_query_t *q)
                          "stream_id", 0,
                          "devices");
 
-        rc = body ? ngx_http_matrix_send_json(r, NGX_HTTP_OK, body)
-                  : NGX_HTTP_INTERNAL_SERVER_ERROR;
-
-        json_decref(body);
+        rc = ngx_http_matrix_send_json_new(r, NGX_HTTP_OK, body);
     }
 
     ngx_http_finalize_request(r, rc);
@@ -179,12 +176,6 @@ ngx_http_matrix_keys_reply(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
     }
 
     body = json_pack("{s:o}", field, users);
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
-    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, body);
-    json_decref(body);
-
-    return rc;
+    return ngx_http_matrix_send_json_new(r, NGX_HTTP_OK, body);
 }

@@ -41,8 +41,7 @@ static ngx_int_t
 ngx_http_matrix_well_known_server(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    json_t     *body;
-    ngx_int_t   rc;
+    json_t  *body;
 
     if (ctx->mscf->well_known_server.len == 0) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND, "M_NOT_FOUND",
@@ -53,14 +52,8 @@ ngx_http_matrix_well_known_server(ngx_http_request_t *r,
     body = json_pack("{s:s%}", "m.server",
                      (char *) ctx->mscf->well_known_server.data,
                      ctx->mscf->well_known_server.len);
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
-    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, body);
-    json_decref(body);
-
-    return rc;
+    return ngx_http_matrix_send_json_new(r, NGX_HTTP_OK, body);
 }
 
 
@@ -68,8 +61,7 @@ static ngx_int_t
 ngx_http_matrix_well_known_client(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    json_t     *body;
-    ngx_int_t   rc;
+    json_t  *body;
 
     if (ctx->mscf->well_known_client.len == 0) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND, "M_NOT_FOUND",
@@ -80,14 +72,8 @@ ngx_http_matrix_well_known_client(ngx_http_request_t *r,
     body = json_pack("{s:{s:s%}}", "m.homeserver", "base_url",
                      (char *) ctx->mscf->well_known_client.data,
                      ctx->mscf->well_known_client.len);
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
-    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, body);
-    json_decref(body);
-
-    return rc;
+    return ngx_http_matrix_send_json_new(r, NGX_HTTP_OK, body);
 }
 
 

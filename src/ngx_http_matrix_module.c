@@ -367,6 +367,31 @@ ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
 }
 
 
+ngx_int_t
+ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    u_char     *dst, *src;
+    ngx_str_t   v;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &v) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    dst = ngx_pnalloc(r->pool, v.len);
+    if (dst == NULL) {
+        return NGX_ERROR;
+    }
+
+    src = v.data;
+    value->data = dst;
+    ngx_unescape_uri(&dst, &src, v.len, NGX_UNESCAPE_URI);
+    value->len = dst - value->data;
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_matrix_json_release(void *data)
 {

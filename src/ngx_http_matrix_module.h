@@ -119,6 +119,9 @@ ngx_int_t ngx_http_matrix_send_body(ngx_http_request_t *r,
     ngx_uint_t status, u_char *body, size_t len);
 ngx_int_t ngx_http_matrix_send_json(ngx_http_request_t *r,
     ngx_uint_t status, const json_t *value);
+/* the same, and releases VALUE; NULL (a json_pack() that failed): a 500 */
+ngx_int_t ngx_http_matrix_send_json_new(ngx_http_request_t *r,
+    ngx_uint_t status, json_t *value);
 ngx_int_t ngx_http_matrix_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *errcode, const char *fmt, ...);
 ngx_int_t ngx_http_matrix_add_header(ngx_http_request_t *r, const char *key,
@@ -131,6 +134,13 @@ int64_t ngx_http_matrix_now_ms(void);
  * already answered and *rc what the handler returns.
  */
 json_t *ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc);
+
+/*
+ * The query string argument NAME, percent-decoded into r's pool: NGX_OK;
+ * NGX_DECLINED when there is none; NGX_ERROR when out of memory.
+ */
+ngx_int_t ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
 
 
 /* ngx_http_matrix_module.c */

@@ -103,25 +103,22 @@ static ngx_int_t
 ngx_http_matrix_profile_query(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    u_char                           *dst, *src;
+    ngx_int_t                         rc;
     ngx_str_t                         v;
     ngx_http_matrix_profile_field_e   field;
 
-    if (ngx_http_arg(r, (u_char *) "user_id", 7, &v) != NGX_OK) {
+    rc = ngx_http_matrix_query_arg(r, "user_id", &ctx->params[0]);
+
+    if (rc == NGX_DECLINED) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_MISSING_PARAM",
                                           "Missing user_id");
     }
 
-    dst = ngx_pnalloc(r->pool, v.len);
-    if (dst == NULL) {
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    src = v.data;
-    ctx->params[0].data = dst;
-    ngx_unescape_uri(&dst, &src, v.len, NGX_UNESCAPE_URI);
-    ctx->params[0].len = dst - ctx->params[0].data;
     ctx->nparams = 1;
 
     field = NGX_HTTP_MATRIX_PROFILE_ALL;

@@ -194,6 +194,23 @@ ngx_http_matrix_send_json(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+ngx_int_t
+ngx_http_matrix_send_json_new(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *value)
+{
+    ngx_int_t  rc;
+
+    if (value == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_matrix_send_json(r, status, value);
+    json_decref(value);
+
+    return rc;
+}
+
+
 /*
  * The message is formatted with nginx's ngx_vslprintf(), so "%V" takes an
  * ngx_str_t.  Messages may quote request data: anything that is not valid

@@ -26,6 +26,9 @@ SELECT u.id::text                     AS user_id,
  WHERE u.matrix_user_id IS NULL;
 
 -- Private rooms get no alias: an alias is public by nature.
+-- member_count counts what room_members lists (local people, no virtual
+-- users); a silo this small counts on each read, a large one would keep
+-- a counter column up to date and expose that.
 CREATE VIEW matrix_silo.rooms AS
 SELECT r.id::text                                       AS room_id,
        CASE WHEN r.visibility = 'public' THEN r.slug END AS alias,
@@ -33,7 +36,12 @@ SELECT r.id::text                                       AS room_id,
        r.topic,
        r.visibility = 'public'                          AS is_public,
        r.created_at,
-       r.avatar_url
+       r.avatar_url,
+       (SELECT count(*)
+          FROM chat.memberships m
+          JOIN chat.users u ON u.id = m.user_id
+         WHERE m.room_id = r.id AND u.matrix_user_id IS NULL)
+                                                        AS member_count
   FROM chat.rooms r;
 
 CREATE VIEW matrix_silo.room_members AS

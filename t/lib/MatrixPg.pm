@@ -12,10 +12,12 @@ package MatrixPg;
 #   $pg->psql('select 1');                   # dies on an SQL error
 #   $pg->stop; $pg->start_again;             # the same cluster and data
 #   $pg->silo_users;                         # matrix_silo.users with alice
+#   $pg->example_silo;                       # examples/silo, mapped
 
 use strict;
 use warnings;
 
+use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
 use File::Path qw(remove_tree);
 use IPC::Run qw(run timeout);
@@ -217,6 +219,31 @@ SQL
 }
 
 sub log_file { "$_[0]{dir}/server.log" }
+
+# The reference silo (examples/silo) as an operator sets it up: its
+# schema and seed, the module's schema ($MATRIX_TOOL migrate), then the
+# mapping (matrix.sql).  Dies with the reason.
+sub example_silo {
+    my ($self) = @_;
+    my $silo = dirname(__FILE__) . '/../../examples/silo';
+
+    my $slurp = sub {
+        open my $fh, '<:raw', "$silo/$_[0]" or die "$silo/$_[0]: $!";
+        local $/;
+        return scalar <$fh>;
+    };
+
+    $self->psql($slurp->('schema.sql'));
+    $self->psql($slurp->('seed.sql'));
+
+    my ($out, $err) = ('', '');
+    die "no MATRIX_TOOL\n" unless $ENV{MATRIX_TOOL};
+    run [$ENV{MATRIX_TOOL}, 'migrate', $self->conninfo], '<', \'',
+        '>', \$out, '2>', \$err, timeout(120)
+        or die "matrix-tool migrate: $out$err";
+
+    $self->psql($slurp->('matrix.sql'));
+}
 
 sub DESTROY {
     my ($self) = @_;
