@@ -118,6 +118,8 @@ static ngx_int_t ngx_http_matrix_key_take_doc(
     ngx_http_matrix_key_server_t *ks, u_char *text, size_t len, u_char *why);
 static ngx_uint_t ngx_http_matrix_key_satisfied(
     ngx_http_matrix_key_server_t *ks);
+static ngx_uint_t ngx_http_matrix_key_satisfied_locked(
+    ngx_http_matrix_key_server_t *ks, ngx_http_matrix_key_entry_t *e);
 static void ngx_http_matrix_key_finish(ngx_http_matrix_key_server_t *ks,
     const char *failure, ngx_uint_t fetched);
 static void ngx_http_matrix_key_wake(ngx_http_matrix_key_server_t *ks,
@@ -575,6 +577,14 @@ ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
 
     e = ngx_http_matrix_key_entry(fc, ks->name, ks->name_len, 1);
 
+    /* another worker's fetch may have ended since the lookup looked */
+
+    if (e && e->nkeys && ngx_http_matrix_key_satisfied_locked(ks, e)) {
+        ngx_http_matrix_fed_unlock(fc);
+        ngx_http_matrix_key_wake(ks, NULL);
+        return;
+    }
+
     if (e && e->fetching_until > now && e->fetching_pid != ngx_pid) {
         ks->generation = e->generation;
         ngx_http_matrix_fed_unlock(fc);
@@ -893,38 +903,49 @@ ngx_http_matrix_key_take_doc(ngx_http_matrix_key_server_t *ks, u_char *text,
 static ngx_uint_t
 ngx_http_matrix_key_satisfied(ngx_http_matrix_key_server_t *ks)
 {
-    int64_t                        now;
-    ngx_uint_t                     ok;
-    ngx_queue_t                   *q;
-    ngx_http_matrix_fed_cache_t   *fc;
-    ngx_http_matrix_key_entry_t   *e;
-    ngx_http_matrix_key_lookup_t  *kl;
+    ngx_uint_t                    ok;
+    ngx_http_matrix_fed_cache_t  *fc;
 
     fc = ngx_http_matrix_fed_cache();
-    now = ngx_http_matrix_now_ms();
-    ok = 1;
 
     ngx_http_matrix_fed_lock(fc);
 
-    e = ngx_http_matrix_key_entry(fc, ks->name, ks->name_len, 0);
-
-    for (q = ngx_queue_head(&ks->waiters);
-         q != ngx_queue_sentinel(&ks->waiters) && ok;
-         q = ngx_queue_next(q))
-    {
-        kl = ngx_queue_data(q, ngx_http_matrix_key_lookup_t, queue);
-
-        if (kl->want_doc) {
-            ok = ngx_http_matrix_key_doc_good(e, kl, now);
-
-        } else {
-            ok = (e && ngx_http_matrix_key_find(e, kl) == NGX_OK);
-        }
-    }
+    ok = ngx_http_matrix_key_satisfied_locked(ks,
+             ngx_http_matrix_key_entry(fc, ks->name, ks->name_len, 0));
 
     ngx_http_matrix_fed_unlock(fc);
 
     return ok;
+}
+
+
+/* every waiter has its answer in the entry; the zone's mutex is held */
+
+static ngx_uint_t
+ngx_http_matrix_key_satisfied_locked(ngx_http_matrix_key_server_t *ks,
+    ngx_http_matrix_key_entry_t *e)
+{
+    int64_t                        now;
+    ngx_queue_t                   *q;
+    ngx_http_matrix_key_lookup_t  *kl;
+
+    now = ngx_http_matrix_now_ms();
+
+    for (q = ngx_queue_head(&ks->waiters);
+         q != ngx_queue_sentinel(&ks->waiters);
+         q = ngx_queue_next(q))
+    {
+        kl = ngx_queue_data(q, ngx_http_matrix_key_lookup_t, queue);
+
+        if (kl->want_doc ? !ngx_http_matrix_key_doc_good(e, kl, now)
+                         : (e == NULL
+                            || ngx_http_matrix_key_find(e, kl) != NGX_OK))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
