@@ -585,7 +585,9 @@ ngx_http_matrix_key_fetch(ngx_http_matrix_key_server_t *ks)
         return;
     }
 
-    if (e && e->fetching_until > now && e->fetching_pid != ngx_pid) {
+    if (e && e->fetching_until > now && e->fetching_pid != ngx_pid
+        && (kill(e->fetching_pid, 0) == 0 || ngx_errno != NGX_ESRCH))
+    {
         ks->generation = e->generation;
         ngx_http_matrix_fed_unlock(fc);
 
@@ -652,6 +654,7 @@ static void
 ngx_http_matrix_key_poll(ngx_event_t *ev)
 {
     int64_t                         now;
+    ngx_pid_t                       pid;
     ngx_uint_t                      ended, busy;
     ngx_http_matrix_fed_cache_t    *fc;
     ngx_http_matrix_key_entry_t    *e;
@@ -675,6 +678,7 @@ ngx_http_matrix_key_poll(ngx_event_t *ev)
 
     ended = (e && e->generation != ks->generation);
     busy = (e && e->fetching_until > now);
+    pid = e ? e->fetching_pid : 0;
 
     if (ended && now < e->failed_until) {
         ngx_cpystrn(failure, e->failure, sizeof(failure));
@@ -687,7 +691,9 @@ ngx_http_matrix_key_poll(ngx_event_t *ev)
         return;
     }
 
-    if (busy) {
+    /* a worker killed while fetching is not waited for until its time */
+
+    if (busy && (kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH)) {
         ngx_add_timer(&ks->poll, NGX_HTTP_MATRIX_KEYS_POLL);
         return;
     }

@@ -31,11 +31,12 @@ my $WORKERS = 4;
 my $MANY = 40;
 my @flood = map { "flood$_.test" } 1 .. 60;
 
-my @names = (qw(remote.test slow.test wk.test deleg.test), @flood);
+my @names = (qw(remote.test slow.test wk.test deleg.test dying.test), @flood);
 my $fake = MatrixFakeHS->start(names => \@names);
 my $P = $fake->port;
 
 $fake->configure('slow.test', { behaviour => { key => { delay_ms => 1500 } } });
+$fake->configure('dying.test', { behaviour => { key => { delay_ms => 2000 } } });
 $fake->configure('wk.test', { well_known => { 'm.server' => "deleg.test:$P" } });
 
 my %records = map {
@@ -175,6 +176,31 @@ $ngx->stop;
 my $log = $ngx->error_log;
 unlike $log, qr/\[(alert|crit|emerg)\]/, 'no alerts' or diag $log;
 unlike $log, qr/worker process \d+ exited on signal/, 'no worker crashed';
+
+# --- a worker killed while fetching holds nobody up -------------------------------
+#
+# The zone says which worker fetches, until a minute from then; the
+# others check that it is alive (its connection to the fake shows it).
+
+$ngx = nginx();
+
+my $first_req = signed_send($ngx, 'dying.test');
+my $fetcher;
+for (1 .. 100) {
+    my $ss = `ss -tnpH state established dst 127.0.0.1:$P 2>/dev/null`;
+    last if ($fetcher) = $ss =~ /"nginx",pid=(\d+)/;
+    select undef, undef, undef, 0.05;
+}
+ok $fetcher, 'a worker is fetching the keys of dying.test';
+kill 'KILL', $fetcher if $fetcher;
+close $first_req;
+
+my ($late, $late_pid) = answered($ngx, signed_send($ngx, 'dying.test'));
+isnt $late, 401, 'a request signed by it, after that worker was killed';
+isnt $late, 0, 'is answered well before the fetch\'s time is up';
+is key_fetches('dying.test'), 2, 'by another worker fetching again';
+
+$ngx->stop;
 
 # --- a tiny zone with many servers: evicted, not failed ------------------------------
 
