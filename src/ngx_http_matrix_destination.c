@@ -18,8 +18,10 @@
  * Redirects of the well-known request are followed (https only, at most
  * five, never to a URL already visited).
  *
- * Well-known outcomes are cached per worker (an rbtree keyed by the
- * lower-cased hostname, with an LRU queue, at most 1024 entries), for:
+ * Well-known outcomes are cached in the federation zone, shared by all
+ * workers and kept across reloads (an rbtree keyed by the lower-cased
+ * hostname; the zone's LRU queue decides what goes when it is full, see
+ * ngx_http_matrix_fed_cache.c), for:
  *
  *   a valid answer   Cache-Control max-age, else Expires, else 24 hours
  *                    (the spec's recommended default); at most 48 hours
@@ -40,6 +42,7 @@
 #include "ngx_http_matrix_module.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_destination.h"
+#include "ngx_http_matrix_fed_cache.h"
 
 #include <mx_ids.h>
 
@@ -50,7 +53,6 @@
 #define NGX_HTTP_MATRIX_DEST_WK_TIMEOUT      10000
 #define NGX_HTTP_MATRIX_DEST_MAX_REDIRECTS   5
 
-#define NGX_HTTP_MATRIX_DEST_CACHE_MAX       1024
 #define NGX_HTTP_MATRIX_DEST_TTL_DEFAULT     (24 * 3600)
 #define NGX_HTTP_MATRIX_DEST_TTL_MAX         (48 * 3600)
 #define NGX_HTTP_MATRIX_DEST_TTL_ERROR       120
@@ -66,26 +68,29 @@ struct ngx_http_matrix_dest_conf_s {
 };
 
 
+/* in the federation zone, keyed by hostname (or "srv NAME") */
+
 typedef struct {
-    ngx_str_node_t                     sn;           /* key: hostname */
-    ngx_queue_t                        queue;
+    ngx_http_matrix_fed_node_t         node;
     time_t                             expires;
     ngx_uint_t                         failures;     /* in a row */
-    ngx_str_t                          delegated;    /* len 0: failed */
-    ngx_str_t                          error;
-    u_char                             name[NGX_HTTP_MATRIX_DEST_NAME_MAX];
+    size_t                             delegated_len;  /* 0: failed */
+    size_t                             error_len;
     u_char                             value[NGX_HTTP_MATRIX_DEST_NAME_MAX];
     u_char                             why[128];
 } ngx_http_matrix_dest_entry_t;
 
 
-/* the per-worker cache */
+/* an entry as copied out of the zone */
 
-static ngx_rbtree_t       ngx_http_matrix_dest_tree;
-static ngx_rbtree_node_t  ngx_http_matrix_dest_sentinel;
-static ngx_queue_t        ngx_http_matrix_dest_lru;
-static ngx_uint_t         ngx_http_matrix_dest_count;
-static ngx_uint_t         ngx_http_matrix_dest_ready;
+typedef struct {
+    time_t                             expires;
+    ngx_uint_t                         failures;
+    ngx_str_t                          delegated;    /* len 0: failed */
+    ngx_str_t                          error;
+    u_char                             value[NGX_HTTP_MATRIX_DEST_NAME_MAX];
+    u_char                             why[128];
+} ngx_http_matrix_dest_cached_t;
 
 
 static void ngx_http_matrix_dest_well_known(ngx_http_matrix_dest_t *d,
@@ -219,69 +224,42 @@ ngx_http_matrix_dest_parse(ngx_str_t *name, ngx_http_matrix_dest_name_t *n,
 }
 
 
-/* the cache */
+/*
+ * The cache, in the federation zone: a lookup copies out what it needs
+ * (c), under the zone's mutex; an entry, expired or not, is returned.
+ */
 
-static void
-ngx_http_matrix_dest_cache_init(void)
+static ngx_int_t
+ngx_http_matrix_dest_cache_get(ngx_str_t *key,
+    ngx_http_matrix_dest_cached_t *c)
 {
-    if (ngx_http_matrix_dest_ready) {
-        return;
-    }
-
-    ngx_rbtree_init(&ngx_http_matrix_dest_tree,
-                    &ngx_http_matrix_dest_sentinel,
-                    ngx_str_rbtree_insert_value);
-    ngx_queue_init(&ngx_http_matrix_dest_lru);
-    ngx_http_matrix_dest_ready = 1;
-}
-
-
-static void ngx_http_matrix_dest_cache_remove(
-    ngx_http_matrix_dest_entry_t *e);
-
-
-/* at worker exit: the cache is the worker's, and goes with it */
-
-void
-ngx_http_matrix_dest_exit_process(void)
-{
-    ngx_queue_t                   *q;
+    ngx_http_matrix_fed_cache_t   *fc;
     ngx_http_matrix_dest_entry_t  *e;
 
-    if (!ngx_http_matrix_dest_ready) {
-        return;
+    fc = ngx_http_matrix_fed_cache();
+    if (fc == NULL) {
+        return NGX_DECLINED;
     }
 
-    while (!ngx_queue_empty(&ngx_http_matrix_dest_lru)) {
-        q = ngx_queue_head(&ngx_http_matrix_dest_lru);
-        e = ngx_queue_data(q, ngx_http_matrix_dest_entry_t, queue);
-        ngx_http_matrix_dest_cache_remove(e);
+    ngx_http_matrix_fed_lock(fc);
+
+    e = (ngx_http_matrix_dest_entry_t *)
+            ngx_http_matrix_fed_find(fc, NGX_HTTP_MATRIX_FED_DEST, key);
+
+    if (e) {
+        c->expires = e->expires;
+        c->failures = e->failures;
+        c->delegated.len = e->delegated_len;
+        c->delegated.data = c->value;
+        ngx_memcpy(c->value, e->value, e->delegated_len);
+        c->error.len = e->error_len;
+        c->error.data = c->why;
+        ngx_memcpy(c->why, e->why, e->error_len);
     }
-}
 
+    ngx_http_matrix_fed_unlock(fc);
 
-static ngx_http_matrix_dest_entry_t *
-ngx_http_matrix_dest_cache_find(ngx_str_t *name)
-{
-    uint32_t         hash;
-    ngx_str_node_t  *sn;
-
-    ngx_http_matrix_dest_cache_init();
-
-    hash = ngx_crc32_short(name->data, name->len);
-    sn = ngx_str_rbtree_lookup(&ngx_http_matrix_dest_tree, name, hash);
-
-    return sn ? (ngx_http_matrix_dest_entry_t *) sn : NULL;
-}
-
-
-static void
-ngx_http_matrix_dest_cache_remove(ngx_http_matrix_dest_entry_t *e)
-{
-    ngx_rbtree_delete(&ngx_http_matrix_dest_tree, &e->sn.node);
-    ngx_queue_remove(&e->queue);
-    ngx_http_matrix_dest_count--;
-    ngx_free(e);
+    return e ? NGX_OK : NGX_DECLINED;
 }
 
 
@@ -289,56 +267,54 @@ static void
 ngx_http_matrix_dest_cache_insert(ngx_str_t *key, ngx_str_t *delegated,
     ngx_str_t *why, ngx_uint_t failures, time_t ttl, ngx_log_t *log)
 {
+    ngx_http_matrix_fed_node_t    *node;
+    ngx_http_matrix_fed_cache_t   *fc;
     ngx_http_matrix_dest_entry_t  *e;
 
-    e = ngx_http_matrix_dest_cache_find(key);
-
-    if (e) {
-        ngx_http_matrix_dest_cache_remove(e);
+    fc = ngx_http_matrix_fed_cache();
+    if (fc == NULL) {
+        return;
     }
 
-    if (ttl <= 0 || key->len > NGX_HTTP_MATRIX_DEST_NAME_MAX
+    ngx_http_matrix_fed_lock(fc);
+
+    node = ngx_http_matrix_fed_find(fc, NGX_HTTP_MATRIX_FED_DEST, key);
+    if (node) {
+        ngx_http_matrix_fed_remove(fc, node);
+    }
+
+    if (ttl <= 0 || key->len > NGX_HTTP_MATRIX_DEST_NAME_MAX + 4
         || (delegated && delegated->len > NGX_HTTP_MATRIX_DEST_NAME_MAX))
     {
+        ngx_http_matrix_fed_unlock(fc);
         return;
     }
 
-    if (ngx_http_matrix_dest_count >= NGX_HTTP_MATRIX_DEST_CACHE_MAX) {
-        ngx_http_matrix_dest_cache_remove(
-            ngx_queue_data(ngx_queue_last(&ngx_http_matrix_dest_lru),
-                           ngx_http_matrix_dest_entry_t, queue));
-    }
-
-    e = ngx_alloc(sizeof(ngx_http_matrix_dest_entry_t), log);
+    e = (ngx_http_matrix_dest_entry_t *)
+            ngx_http_matrix_fed_insert(fc, NGX_HTTP_MATRIX_FED_DEST, key,
+                                       sizeof(ngx_http_matrix_dest_entry_t));
     if (e == NULL) {
+        ngx_http_matrix_fed_unlock(fc);
         return;
     }
-
-    ngx_memzero(e, sizeof(ngx_http_matrix_dest_entry_t));
-
-    ngx_memcpy(e->name, key->data, key->len);
-    e->sn.str.data = e->name;
-    e->sn.str.len = key->len;
-    e->sn.node.key = ngx_crc32_short(e->name, key->len);
 
     if (delegated) {
         ngx_memcpy(e->value, delegated->data, delegated->len);
-        e->delegated.data = e->value;
-        e->delegated.len = delegated->len;
+        e->delegated_len = delegated->len;
+
+        /* a delegation is worth keeping; failures and absences are not */
+        e->node.cheap = 0;
     }
 
     if (why) {
-        e->error.data = e->why;
-        e->error.len = ngx_min(why->len, sizeof(e->why));
-        ngx_memcpy(e->why, why->data, e->error.len);
+        e->error_len = ngx_min(why->len, sizeof(e->why));
+        ngx_memcpy(e->why, why->data, e->error_len);
     }
 
     e->failures = failures;
     e->expires = ngx_time() + ttl;
 
-    ngx_rbtree_insert(&ngx_http_matrix_dest_tree, &e->sn.node);
-    ngx_queue_insert_head(&ngx_http_matrix_dest_lru, &e->queue);
-    ngx_http_matrix_dest_count++;
+    ngx_http_matrix_fed_unlock(fc);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
                    "matrix discovery: \"%V\" cached for %T s (%ui)",
@@ -352,11 +328,14 @@ static void
 ngx_http_matrix_dest_cache_put(ngx_http_matrix_dest_t *d, ngx_str_t *delegated,
     time_t ttl, ngx_str_t *why)
 {
-    ngx_uint_t                     failures;
-    ngx_http_matrix_dest_entry_t  *e;
+    ngx_uint_t                      failures;
+    ngx_http_matrix_dest_cached_t   c;
 
-    e = ngx_http_matrix_dest_cache_find(&d->hostname);
-    failures = e ? e->failures : 0;
+    failures = 0;
+
+    if (ngx_http_matrix_dest_cache_get(&d->hostname, &c) == NGX_OK) {
+        failures = c.failures;
+    }
 
     if (delegated) {
         failures = 0;
@@ -498,8 +477,8 @@ ngx_http_matrix_dest_resolve(ngx_http_matrix_dest_t *d)
     u_char                        *p;
     ngx_str_t                      uri;
     const char                    *why;
-    ngx_http_matrix_dest_name_t    n;
-    ngx_http_matrix_dest_entry_t  *e;
+    ngx_http_matrix_dest_name_t     n;
+    ngx_http_matrix_dest_cached_t   c;
 
     if (d->running || d->abandoned) {
         return NGX_ERROR;
@@ -546,19 +525,16 @@ ngx_http_matrix_dest_resolve(ngx_http_matrix_dest_t *d)
     d->hostname.len = n.host.len;
     ngx_strlow(d->hostname.data, n.host.data, n.host.len);
 
-    e = ngx_http_matrix_dest_cache_find(&d->hostname);
-
-    if (e && e->expires > ngx_time()) {
-        ngx_queue_remove(&e->queue);
-        ngx_queue_insert_head(&ngx_http_matrix_dest_lru, &e->queue);
-
-        if (e->delegated.len) {
-            ngx_http_matrix_dest_delegated(d, &e->delegated);
+    if (ngx_http_matrix_dest_cache_get(&d->hostname, &c) == NGX_OK
+        && c.expires > ngx_time())
+    {
+        if (c.delegated.len) {
+            ngx_http_matrix_dest_delegated(d, &c.delegated);
             return NGX_OK;
         }
 
-        d->well_known_error.data = ngx_pstrdup(d->pool, &e->error);
-        d->well_known_error.len = d->well_known_error.data ? e->error.len : 0;
+        d->well_known_error.data = ngx_pstrdup(d->pool, &c.error);
+        d->well_known_error.len = d->well_known_error.data ? c.error.len : 0;
 
         d->srv_name = d->hostname;
         d->srv_step = 0;
@@ -907,20 +883,18 @@ ngx_http_matrix_dest_delegated(ngx_http_matrix_dest_t *d, ngx_str_t *delegated)
 static void
 ngx_http_matrix_dest_srv(ngx_http_matrix_dest_t *d)
 {
-    ngx_str_t                     *key;
-    ngx_msec_t                     timeout;
-    ngx_resolver_t                *resolver;
-    ngx_resolver_ctx_t            *ctx;
-    ngx_http_matrix_dest_entry_t  *e;
+    ngx_str_t                      *key;
+    ngx_msec_t                      timeout;
+    ngx_resolver_t                 *resolver;
+    ngx_resolver_ctx_t             *ctx;
+    ngx_http_matrix_dest_cached_t   c;
 
     key = ngx_http_matrix_dest_srv_key(d);
 
-    if (key) {
-        e = ngx_http_matrix_dest_cache_find(key);
-
-        if (e && e->expires > ngx_time() && e->failures > d->srv_step) {
-            d->srv_step = e->failures;
-        }
+    if (key && ngx_http_matrix_dest_cache_get(key, &c) == NGX_OK
+        && c.expires > ngx_time() && c.failures > d->srv_step)
+    {
+        d->srv_step = c.failures;
     }
 
     if (d->srv_step > 1) {

@@ -16,7 +16,8 @@
  * cache, which the SRV lookup filled) and applies the SSRF guard to the
  * addresses it connects to, as for any other name.
  *
- * Well-known answers are cached per worker (see the .c for the times).
+ * Well-known answers are cached in the federation zone, shared by the
+ * workers (see the .c for the times).
  */
 
 #ifndef _NGX_HTTP_MATRIX_DESTINATION_H_INCLUDED_
@@ -81,7 +82,6 @@ ngx_http_matrix_dest_t *ngx_http_matrix_dest_create(ngx_cycle_t *cycle,
     ngx_pool_t *pool, ngx_log_t *log);
 ngx_int_t ngx_http_matrix_dest_resolve(ngx_http_matrix_dest_t *d);
 void ngx_http_matrix_dest_abandon(ngx_http_matrix_dest_t *d);
-void ngx_http_matrix_dest_exit_process(void);
 
 
 #endif /* _NGX_HTTP_MATRIX_DESTINATION_H_INCLUDED_ */

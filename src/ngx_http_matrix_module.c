@@ -15,6 +15,7 @@
 #include "ngx_http_matrix_remote_keys.h"
 #include "ngx_http_matrix_destination.h"
 #include "ngx_http_matrix_key_notaries.h"
+#include "ngx_http_matrix_fed_cache.h"
 
 #include <mx_ids.h>
 
@@ -178,6 +179,13 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
     { ngx_string("matrix_federation_trusted_key_server"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_matrix_key_notaries_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_federation_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_fed_cache_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -404,11 +412,16 @@ ngx_http_matrix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_matrix_loc_conf_t *mlcf = conf;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_matrix_main_conf_t  *mmcf;
 
     if (mlcf->enable != NGX_CONF_UNSET) {
         return "is duplicate";
     }
+
+    /* other servers' keys will be checked here: the shared caches */
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_module);
+    mmcf->federation = 1;
 
     mlcf->enable = 1;
     mlcf->file = cf->conf_file->file.name.data;
@@ -760,7 +773,6 @@ ngx_http_matrix_exit_process(ngx_cycle_t *cycle)
 
     if (mmcf) {
         ngx_http_matrix_remote_keys_exit_process(cycle);
-        ngx_http_matrix_dest_exit_process();
         ngx_http_matrix_http_exit_process(cycle);
     }
 }
@@ -804,9 +816,12 @@ ngx_http_matrix_create_main_conf(ngx_conf_t *cf)
      *     mmcf->silo_schema = { 0, NULL };
      *     mmcf->silo_api = NULL;
      *     mmcf->silo_api_token = { 0, NULL };
+     *     mmcf->fed_zone = NULL;
+     *     mmcf->federation = 0;
      */
 
     mmcf->migrate = NGX_CONF_UNSET;
+    mmcf->fed_cache_size = NGX_CONF_UNSET;
 
     return mmcf;
 }
@@ -828,6 +843,10 @@ ngx_http_matrix_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(mmcf->migrate, 1);
 
     if (ngx_http_matrix_http_init_conf(cf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_matrix_fed_cache_init_conf(cf, mmcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

@@ -55,6 +55,11 @@ typedef struct {
     ngx_http_matrix_dest_conf_t    *dest;           /* server discovery */
     ngx_http_matrix_key_notaries_conf_t
                                    *key_notaries;   /* trusted notaries */
+
+    ssize_t                         fed_cache_size; /* "matrix_federation_
+                                                       cache" */
+    ngx_shm_zone_t                 *fed_zone;       /* NULL: none */
+    unsigned                        federation:1;   /* a "matrix" location */
 } ngx_http_matrix_main_conf_t;
 
 

@@ -1,8 +1,9 @@
 /*
- * Other servers' signing keys: looked up in a per-worker cache, fetched
- * from the server itself (GET /_matrix/key/v2/server) when missing or
- * expired, believed only when the document is signed by every key it
- * publishes.  Concurrent lookups for one server share one fetch.
+ * Other servers' signing keys: looked up in a cache shared by the workers
+ * (the federation zone), fetched from the server itself (GET /_matrix/
+ * key/v2/server) when missing or expired, believed only when the document
+ * is signed by every key it publishes.  Concurrent lookups for one
+ * server share one fetch, across workers too.
  */
 
 #ifndef _NGX_HTTP_MATRIX_REMOTE_KEYS_H_INCLUDED_

@@ -34,7 +34,7 @@ my $VERSIONS = join ',', map { "$_->[0]:$_->[1]" } @MIGRATIONS;
 
 my @TABLES = qw(events forward_extremities matrix_rooms room_state
                 schema_migrations server_key_json server_keys silo_changes
-                silo_localparts);
+                silo_localparts silo_outbox);
 
 my $pg = MatrixPg->start;
 my $CI = $pg->conninfo;

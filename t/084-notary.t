@@ -123,6 +123,7 @@ is $status, 400, 'an invalid server name';
 $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $ngx->port) or die;
 print $s "POST /_matrix/key/v2/query HTTP/1.1\r\nHost: localhost\r\n"
          . "Connection: close\r\nContent-Length: 5\r\n\r\n{\"a\":";
+${*$s}{mx_start} = time;
 ($status, $head, $body) = $ngx->read_response($s);
 is $status, 400, 'a body that is not JSON';
 like $body, qr/"errcode":"M_NOT_JSON"/, 'M_NOT_JSON';

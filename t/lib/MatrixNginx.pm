@@ -7,7 +7,11 @@ package MatrixNginx;
 #   my $ngx = MatrixNginx->start(http => $http_block, workers => 1);
 #   my ($status, $headers, $body) = $ngx->get('/_matrix/...');
 #   my $s = $ngx->send_get('/slow');  ... ; $ngx->read_response($s);
+#   $ngx->reload;   # SIGHUP, back once every worker is a new one
 #   $ngx->error_log;   $ngx->stop;
+#
+# listen => 'reuseport' adds parameters to the server's listen: with
+# reuseport the kernel spreads connections over all the workers.
 
 use strict;
 use warnings;
@@ -62,7 +66,7 @@ http {
 $o{http}
 
     server {
-        listen 127.0.0.1:$self->{port};
+        listen 127.0.0.1:$self->{port} @{[ $o{listen} // '' ]};
         server_name localhost;
 $o{server}
     }
@@ -194,6 +198,23 @@ sub worker_pids {
                `ps -o pid= --ppid $master 2>/dev/null`;
     s/\s+//g for @pids;
     return grep { length } @pids;
+}
+
+sub reload {
+    my ($self) = @_;
+
+    my %old = map { $_ => 1 } $self->worker_pids;
+    my $n = keys %old;
+
+    kill 'HUP', $self->{pid};
+
+    for (1 .. 200) {
+        my @now = $self->worker_pids;
+        return 1 if @now >= $n && !grep { $old{$_} } @now;
+        sleep 0.05;
+    }
+
+    die "nginx did not reload:\n" . $self->error_log;
 }
 
 sub stop {
