@@ -721,7 +721,8 @@ ngx_http_matrix_http_connect(ngx_http_matrix_http_req_t *hr)
 
         addr = &hr->addrs[hr->next_addr++];
 
-        why = ngx_http_matrix_http_forbidden(hr->conf, addr->sockaddr);
+        why = hr->internal
+              ? NULL : ngx_http_matrix_http_forbidden(hr->conf, addr->sockaddr);
 
         if (why) {
             (void) ngx_sock_ntop(addr->sockaddr, addr->socklen, text,

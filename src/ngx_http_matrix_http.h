@@ -32,6 +32,10 @@ struct ngx_http_matrix_http_req_s {
     ngx_str_t                         host_header;   /* default host[:port] */
     ngx_flag_t                        tls;
     ngx_str_t                         tls_name;      /* default host */
+    unsigned                          internal:1;    /* the silo's API, as
+                                                        the operator
+                                                        configured it: no
+                                                        SSRF guard */
 
     /* what */
     ngx_str_t                         method;

@@ -19,6 +19,7 @@
 
 #include "ngx_http_matrix_room.h"
 #include "ngx_http_matrix_pdu.h"
+#include "ngx_http_matrix_silo_api.h"
 
 #include <mx_auth.h>
 #include <mx_ids.h>
@@ -42,6 +43,8 @@ static ngx_int_t ngx_http_matrix_make_leave(ngx_http_request_t *r,
 static ngx_int_t ngx_http_matrix_make(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, const char *membership);
 static ngx_int_t ngx_http_matrix_make_opened(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_make_public(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_make_created(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
@@ -119,6 +122,11 @@ ngx_http_matrix_route_t  ngx_http_matrix_membership_routes[] = {
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_append_stmt =
     ngx_http_matrix_pg_stmt("SELECT matrix_append_events($1, $2)", 2);
+
+/* silo border: is the room public */
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_public_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT is_public IS TRUE FROM rooms WHERE room_id = $1", 1);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_join_parts_stmt =
     ngx_http_matrix_pg_stmt("SELECT * FROM matrix_join_parts($1, $2)", 2);
@@ -223,6 +231,37 @@ ngx_http_matrix_make_opened(ngx_http_request_t *r,
     if (ngx_strcmp(m->membership, "leave") == 0 && !op->created) {
         return ngx_http_matrix_forbidden(r, "%V is not in the room",
                                          &m->user_id);
+    }
+
+    if (op->created) {
+        return ngx_http_matrix_make_created(r, op);
+    }
+
+    /* a room the silo keeps private is not made for a stranger's asking */
+
+    return ngx_http_matrix_room_run(op, &ngx_http_matrix_silo_public_stmt,
+                                    &op->silo_room_id, 1,
+                                    ngx_http_matrix_make_public);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_make_public(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    ngx_http_matrix_membership_t  *m;
+
+    m = op->data;
+
+    if (PQntuples(op->q->result) != 1) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND",
+                                          "The silo no longer has this room");
+    }
+
+    if (PQgetvalue(op->q->result, 0, 0)[0] != 't') {
+        return ngx_http_matrix_forbidden(r, "The room is invite-only and %V "
+                                         "is not invited", &m->user_id);
     }
 
     return ngx_http_matrix_room_make_events(op, ngx_http_matrix_make_created);
@@ -684,6 +723,9 @@ ngx_http_matrix_send_committed(ngx_http_request_t *r,
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "matrix room \"%V\": %s %s", &op->room_id, m->ev->sender,
                   ngx_strcmp(m->membership, "join") == 0 ? "joined" : "left");
+
+    /* the silo is told now, not at the next tick */
+    ngx_http_matrix_silo_api_kick();
 
     if (ngx_strcmp(m->membership, "leave") == 0) {
         return ngx_http_matrix_send_reply(r, op);

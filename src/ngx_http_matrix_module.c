@@ -13,6 +13,7 @@
 #include "ngx_http_matrix_pg.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_remote_keys.h"
+#include "ngx_http_matrix_silo_api.h"
 #include "ngx_http_matrix_destination.h"
 #include "ngx_http_matrix_key_notaries.h"
 #include "ngx_http_matrix_fed_cache.h"
@@ -756,7 +757,11 @@ ngx_http_matrix_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    return ngx_http_matrix_pg_init_process(cycle, mmcf->pg);
+    if (ngx_http_matrix_pg_init_process(cycle, mmcf->pg) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_matrix_silo_api_init_process(cycle);
 }
 
 

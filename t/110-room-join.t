@@ -17,6 +17,9 @@ use MatrixFakeHS;
 use MatrixDNS;
 use MatrixTest;
 use MatrixSpec;
+use IPC::Run qw(start);
+use HTTP::Tiny;
+use Time::HiRes qw(sleep);
 
 plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
 plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
@@ -43,6 +46,41 @@ system($ENV{MATRIX_TOOL}, 'migrate', $pg->conninfo) == 0
     or BAIL_OUT('matrix-tool migrate failed');
 $pg->psql(slurp("$SILO/matrix.sql"));
 
+# the reference silo's own server, for its internal API
+my $TOKEN = 'silo-test-token-' . ('q9' x 12);
+my $token_file = MatrixTest::write_file("$pg->{dir}/silo.token", "$TOKEN\n", 0600);
+my $silo_port = MatrixNginx::_free_port();
+my $silo_log = '';
+my @silo_cmd = ('/usr/bin/python3', "$SILO/silo.py", '--dsn', $pg->conninfo,
+                '--listen', "127.0.0.1:$silo_port",
+                '--internal-token-file', $token_file);
+
+sub silo_start {
+    my $h = start \@silo_cmd, '<', \undef, '>&', \$silo_log;
+    for (1 .. 200) {
+        $h->pump_nb;
+        return $h if HTTP::Tiny->new(timeout => 2)
+                         ->get("http://127.0.0.1:$silo_port/healthz")->{status} == 200;
+        sleep 0.1;
+    }
+    BAIL_OUT("silo.py did not start: $silo_log");
+}
+
+my $silo = silo_start();
+END { local $?; $silo->kill_kill(grace => 3) if $silo && $silo->pumpable }
+
+# polls SQL until it gives WANT (10 s at most)
+sub eventually {
+    my ($sql, $want) = @_;
+    my $got;
+    for (1 .. 100) {
+        $got = $pg->psql($sql);
+        return $got if $got eq $want;
+        sleep 0.1;
+    }
+    return $got;
+}
+
 my $fake = MatrixFakeHS->start(names => ['remote.test']);
 my $dns = MatrixDNS->start(records => {
     'remote.test' => { A => '127.0.0.1' },
@@ -57,6 +95,7 @@ my $ngx = MatrixNginx->start(http => <<"EOF",
     matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
     matrix_federation_allow_ip 127.0.0.0/8;
     client_body_buffer_size 1m;
+    matrix_silo_api http://127.0.0.1:$silo_port/internal/matrix/ token_file=$token_file;
 EOF
     server => '        location /_matrix/ { matrix; }');
 
@@ -131,6 +170,9 @@ is $status, 403, 'make_join for another server\'s user: 403';
 ($status, $json) = fed('GET',
     "/_matrix/federation/v1/make_join/!private:module.test/$USER?ver=10");
 is $status, 403, 'make_join to a room the silo keeps private: 403';
+is $pg->psql(q{SELECT created_ts IS NULL FROM matrix.matrix_rooms
+                WHERE room_id = '!private:module.test'}), 't',
+   'and its Matrix room is not made for that';
 
 ($status, $json) = fed('GET',
     "/_matrix/federation/v1/make_join/!nope:module.test/$USER?ver=10");
@@ -199,9 +241,14 @@ cmp_ok $members, '<', 20, "lazy membership: $members members in the state, "
 
 my $stored = $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id = '$join_id'});
 is $stored, 1, 'the join is stored';
-my $queued = $pg->psql(qq{SELECT kind FROM matrix.silo_outbox o JOIN matrix.events e
-                           ON e.nid = o.event_nid WHERE e.event_id = '$join_id'});
-is $queued, 'membership', 'and the silo is owed a PUT memberships';
+
+my $MEMBER = q{SELECT count(*) FROM chat.memberships m JOIN chat.users u
+                 ON u.id = m.user_id
+                WHERE m.room_id = 1 AND u.matrix_user_id = '@carol:remote.test'};
+is eventually($MEMBER, 1), 1, 'the silo has carol as a member of General'
+    or diag join "\n", grep { /silo|outbox/ } split /\n/, $ngx->error_log;
+is eventually('SELECT count(*) FROM matrix.silo_outbox', 0), 0,
+   'and the outbox is empty again';
 
 ($status, $json, $body) = fed('PUT', "/_matrix/federation/v1/send_join/$ROOM/$join_id", $join);
 is $status, 200, 'send_join v1 with the same event: 200 (a join again)';
@@ -298,9 +345,26 @@ my $leave = $fake->sign_event('remote.test', '10', $json->{event});
                               $leave->{event});
 is $status, 200, 'send_leave v2: 200' or diag $body;
 is $body, '{}', 'answers {}';
+is eventually($MEMBER, 0), 0, 'the silo no longer has carol in General';
 
 ($status) = fed('GET', "/_matrix/federation/v1/state_ids/$ROOM?event_id=$head");
 is $status, 403, 'a server with nobody in the room may not read it';
+
+# the silo down: the join waits in the outbox, and arrives when it is back
+$silo->kill_kill(grace => 3);
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/$USER?ver=10");
+my $rejoin = $fake->sign_event('remote.test', '10', $json->{event});
+($status) = fed('PUT', "/_matrix/federation/v2/send_join/$ROOM/$rejoin->{event_id}",
+                $rejoin->{event});
+is $status, 200, 'a join while the silo is down: 200 all the same';
+sleep 1.5;
+is $pg->psql('SELECT count(*) FROM matrix.silo_outbox'), 1, 'it waits in the outbox';
+like $pg->psql('SELECT last_error FROM matrix.silo_outbox'), qr/\S/, 'with the last error';
+$pg->psql('UPDATE matrix.silo_outbox SET next_attempt_ts = 0');
+$silo = silo_start();
+is eventually($MEMBER, 1), 1, 'delivered once the silo is back';
+is eventually('SELECT count(*) FROM matrix.silo_outbox', 0), 0, 'outbox empty';
+
 
 unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
 

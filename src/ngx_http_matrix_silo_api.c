@@ -1,0 +1,574 @@
+/*
+ * The writes border: what Matrix users do reaches the silo through its
+ * internal API (docs/silo-contract.md, "Writes"), from the durable queue
+ * silo_outbox that the event's own transaction filled.
+ *
+ * Each worker runs a delivery pass every second, and at once when it
+ * has just queued something: it claims the due rows (FOR UPDATE SKIP
+ * LOCKED, then leased for 30 s by moving their next attempt, so that
+ * workers and nginx nodes never send one row at the same time), sends
+ * them one by one, and then deletes each row the silo answered (2xx:
+ * done; 4xx: refused for good, logged) or moves its next attempt back
+ * (5xx, no answer: 1 s doubling to 5 min).  A worker that dies mid-pass
+ * leaves its rows leased; they are due again when the lease ends.  The
+ * silo's writes are idempotent by event ID, so a row sent twice (an
+ * answer lost) does no harm.
+ */
+
+
+#include "ngx_http_matrix_module.h"
+#include "ngx_http_matrix_silo_api.h"
+#include "ngx_http_matrix_http.h"
+#include "ngx_http_matrix_pg.h"
+
+
+#define NGX_HTTP_MATRIX_SILO_PERIOD     1000
+#define NGX_HTTP_MATRIX_SILO_BATCH      16
+#define NGX_HTTP_MATRIX_SILO_LEASE      30000
+#define NGX_HTTP_MATRIX_SILO_BACKOFF    300000    /* the longest wait */
+
+
+typedef struct {
+    ngx_str_t                       nid;
+    ngx_str_t                       attempts;
+    ngx_str_t                       kind;
+    ngx_str_t                       silo_room_id;
+    ngx_str_t                       pdu;
+    ngx_str_t                       event_id;
+} ngx_http_matrix_silo_row_t;
+
+
+typedef struct {
+    ngx_event_t                     timer;
+    ngx_pool_t                     *pool;         /* of the pass */
+    ngx_http_matrix_pg_query_t     *q;
+    ngx_http_matrix_silo_row_t     *rows;
+    ngx_uint_t                      nrows;
+    ngx_uint_t                      next;
+    ngx_log_t                      *log;
+    unsigned                        busy:1;
+    unsigned                        again:1;
+} ngx_http_matrix_silo_api_t;
+
+
+static void ngx_http_matrix_silo_tick(ngx_event_t *ev);
+static void ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa);
+static ngx_int_t ngx_http_matrix_silo_membership(
+    ngx_http_matrix_silo_api_t *sa, ngx_http_matrix_silo_row_t *row,
+    ngx_http_matrix_http_req_t *hr);
+static void ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr);
+static void ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa,
+    ngx_uint_t done, ngx_str_t *why);
+static void ngx_http_matrix_silo_settled(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_silo_pass_end(ngx_http_matrix_silo_api_t *sa);
+
+
+/* per worker */
+static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
+
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
+    ngx_http_matrix_pg_stmt(
+        "UPDATE silo_outbox o SET next_attempt_ts = $1::bigint + $3, "
+        "attempts = o.attempts + 1 "
+        "WHERE o.event_nid IN (SELECT event_nid FROM silo_outbox "
+        "WHERE next_attempt_ts <= $1 ORDER BY event_nid LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED) "
+        "RETURNING o.event_nid, o.attempts, o.kind, "
+        "(SELECT r.silo_room_id FROM matrix_rooms r "
+        "WHERE r.room_nid = o.room_nid), "
+        "(SELECT e.pdu FROM events e WHERE e.nid = o.event_nid), "
+        "(SELECT e.event_id FROM events e WHERE e.nid = o.event_nid)", 3);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_done =
+    ngx_http_matrix_pg_stmt(
+        "DELETE FROM silo_outbox WHERE event_nid = $1", 1);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_retry =
+    ngx_http_matrix_pg_stmt(
+        "UPDATE silo_outbox SET next_attempt_ts = $2, last_error = $3 "
+        "WHERE event_nid = $1", 3);
+
+
+ngx_int_t
+ngx_http_matrix_silo_api_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_silo_api_t   *sa;
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf == NULL || mmcf->silo_api == NULL || mmcf->pg == NULL) {
+        return NGX_OK;
+    }
+
+    sa = ngx_pcalloc(cycle->pool, sizeof(ngx_http_matrix_silo_api_t));
+    if (sa == NULL) {
+        return NGX_ERROR;
+    }
+
+    sa->log = cycle->log;
+    sa->timer.handler = ngx_http_matrix_silo_tick;
+    sa->timer.data = sa;
+    sa->timer.log = cycle->log;
+    sa->timer.cancelable = 1;
+
+    ngx_add_timer(&sa->timer, NGX_HTTP_MATRIX_SILO_PERIOD);
+
+    ngx_http_matrix_silo = sa;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_silo_api_kick(void)
+{
+    ngx_http_matrix_silo_api_t  *sa;
+
+    sa = ngx_http_matrix_silo;
+
+    if (sa == NULL) {
+        return;
+    }
+
+    if (sa->busy) {
+        sa->again = 1;
+        return;
+    }
+
+    if (sa->timer.timer_set) {
+        ngx_del_timer(&sa->timer);
+    }
+
+    ngx_add_timer(&sa->timer, 1);
+}
+
+
+static void
+ngx_http_matrix_silo_tick(ngx_event_t *ev)
+{
+    ngx_str_t                    values[3];
+    u_char                       now[NGX_INT64_LEN + 1];
+    u_char                       batch[NGX_INT_T_LEN + 1];
+    u_char                       lease[NGX_INT_T_LEN + 1];
+    ngx_http_matrix_pg_t        *pg;
+    ngx_http_matrix_silo_api_t  *sa;
+
+    sa = ev->data;
+
+    if (ngx_exiting || ngx_terminate || sa->busy) {
+        return;
+    }
+
+    pg = ngx_http_matrix_pg_of_cycle();
+    if (pg == NULL) {
+        return;
+    }
+
+    sa->pool = ngx_create_pool(4096, sa->log);
+    if (sa->pool == NULL) {
+        goto later;
+    }
+
+    sa->q = ngx_http_matrix_pg_query_create(pg, sa->pool, sa->log);
+    if (sa->q == NULL) {
+        goto failed;
+    }
+
+    values[0].data = now;
+    values[0].len = ngx_sprintf(now, "%L", ngx_http_matrix_now_ms()) - now;
+    values[1].data = batch;
+    values[1].len = ngx_sprintf(batch, "%d", NGX_HTTP_MATRIX_SILO_BATCH)
+                    - batch;
+    values[2].data = lease;
+    values[2].len = ngx_sprintf(lease, "%d", NGX_HTTP_MATRIX_SILO_LEASE)
+                    - lease;
+
+    sa->q->stmt = &ngx_http_matrix_silo_claim;
+    sa->q->nparams = 3;
+    sa->q->handler = ngx_http_matrix_silo_claimed;
+    sa->q->data = sa;
+
+    if (ngx_http_matrix_pg_param(sa->q, 0, &values[0]) != NGX_OK
+        || ngx_http_matrix_pg_param(sa->q, 1, &values[1]) != NGX_OK
+        || ngx_http_matrix_pg_param(sa->q, 2, &values[2]) != NGX_OK
+        || ngx_http_matrix_pg_run(sa->q) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    sa->busy = 1;
+    sa->again = 0;
+
+    return;
+
+failed:
+
+    ngx_destroy_pool(sa->pool);
+    sa->pool = NULL;
+
+later:
+
+    ngx_add_timer(&sa->timer, NGX_HTTP_MATRIX_SILO_PERIOD);
+}
+
+
+#define ngx_http_matrix_silo_copy(pool, dst, res, row, col)                   \
+    (dst)->len = PQgetlength(res, row, col);                                  \
+    (dst)->data = ngx_pnalloc(pool, (dst)->len + 1);                          \
+    if ((dst)->data) {                                                        \
+        ngx_cpystrn((dst)->data, (u_char *) PQgetvalue(res, row, col),        \
+                    (dst)->len + 1);                                          \
+    }
+
+
+static void
+ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
+{
+    int                          row, n;
+    PGresult                    *res;
+    ngx_http_matrix_silo_row_t  *r;
+    ngx_http_matrix_silo_api_t  *sa;
+
+    sa = q->data;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+                      "matrix silo api: cannot read the outbox: %s%s%V",
+                      ngx_http_matrix_pg_status_text(q->status),
+                      q->error.len ? ": " : "", &q->error);
+        ngx_http_matrix_silo_pass_end(sa);
+        return;
+    }
+
+    res = q->result;
+    n = PQntuples(res);
+
+    sa->rows = ngx_pcalloc(sa->pool, (n + 1) * sizeof(*sa->rows));
+    if (sa->rows == NULL) {
+        ngx_http_matrix_silo_pass_end(sa);
+        return;
+    }
+
+    for (row = 0; row < n; row++) {
+        r = &sa->rows[row];
+
+        ngx_http_matrix_silo_copy(sa->pool, &r->nid, res, row, 0);
+        ngx_http_matrix_silo_copy(sa->pool, &r->attempts, res, row, 1);
+        ngx_http_matrix_silo_copy(sa->pool, &r->kind, res, row, 2);
+        ngx_http_matrix_silo_copy(sa->pool, &r->silo_room_id, res, row, 3);
+        ngx_http_matrix_silo_copy(sa->pool, &r->pdu, res, row, 4);
+        ngx_http_matrix_silo_copy(sa->pool, &r->event_id, res, row, 5);
+
+        if (r->nid.data == NULL || r->attempts.data == NULL
+            || r->kind.data == NULL || r->silo_room_id.data == NULL
+            || r->pdu.data == NULL || r->event_id.data == NULL)
+        {
+            ngx_http_matrix_silo_pass_end(sa);
+            return;
+        }
+    }
+
+    /* the order they were accepted in */
+
+    sa->nrows = n;
+    sa->next = 0;
+
+    if (n == NGX_HTTP_MATRIX_SILO_BATCH) {
+        sa->again = 1;
+    }
+
+    ngx_http_matrix_silo_send(sa);
+}
+
+
+static void
+ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
+{
+    ngx_str_t                     why;
+    ngx_http_matrix_silo_row_t   *row;
+    ngx_http_matrix_http_req_t   *hr;
+
+    if (sa->next == sa->nrows) {
+        ngx_http_matrix_silo_pass_end(sa);
+        return;
+    }
+
+    row = &sa->rows[sa->next];
+
+    hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle, sa->pool,
+                                     sa->log);
+    if (hr == NULL) {
+        ngx_http_matrix_silo_pass_end(sa);
+        return;
+    }
+
+    if (ngx_strcmp(row->kind.data, "membership") != 0
+        || ngx_http_matrix_silo_membership(sa, row, hr) != NGX_OK)
+    {
+        /* what cannot be written will not be later either */
+        ngx_str_set(&why, "cannot be written to the silo");
+        ngx_http_matrix_silo_settle(sa, 1, &why);
+        return;
+    }
+
+    if (ngx_http_matrix_http_send(hr) != NGX_OK) {
+        ngx_str_set(&why, "cannot send the request");
+        ngx_http_matrix_silo_settle(sa, 0, &why);
+    }
+}
+
+
+/* PUT memberships/{event_id} {"room_id", "sender", "membership", "ts"} */
+
+static ngx_int_t
+ngx_http_matrix_silo_membership(ngx_http_matrix_silo_api_t *sa,
+    ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr)
+{
+    char                         *text;
+    json_t                       *pdu, *body;
+    size_t                        len;
+    u_char                       *p;
+    mx_err_t                      err;
+    ngx_url_t                    *u;
+    const char                   *membership, *user_id, *name;
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_matrix_module);
+    u = mmcf->silo_api;
+
+    pdu = mx_json_parse((char *) row->pdu.data, row->pdu.len, 0, &err);
+    if (pdu == NULL) {
+        return NGX_ERROR;
+    }
+
+    membership = json_string_value(json_object_get(json_object_get(pdu,
+                                                   "content"), "membership"));
+    user_id = json_string_value(json_object_get(pdu, "state_key"));
+    name = json_string_value(json_object_get(json_object_get(pdu, "content"),
+                                             "displayname"));
+
+    if (membership == NULL || user_id == NULL) {
+        json_decref(pdu);
+        return NGX_ERROR;
+    }
+
+    body = json_pack("{s:s,s:{s:s,s:s?,s:n},s:s,s:O}",
+                     "room_id", (char *) row->silo_room_id.data,
+                     "sender", "user_id", user_id, "displayname", name,
+                     "avatar_url",
+                     "membership", membership,
+                     "ts", json_object_get(pdu, "origin_server_ts"));
+
+    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+
+    json_decref(body);
+    json_decref(pdu);
+
+    if (text == NULL) {
+        return NGX_ERROR;
+    }
+
+    hr->body.len = ngx_strlen(text);
+    hr->body.data = ngx_pnalloc(sa->pool, hr->body.len);
+    if (hr->body.data == NULL) {
+        free(text);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(hr->body.data, text, hr->body.len);
+    free(text);
+
+    /* the API's path, then memberships/ and the event ID, escaped */
+
+    len = u->uri.len + sizeof("/memberships/") - 1 + 3 * row->event_id.len;
+
+    hr->uri.data = ngx_pnalloc(sa->pool, len);
+    if (hr->uri.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(hr->uri.data, u->uri.len ? u->uri.data : (u_char *) "/",
+                   u->uri.len ? u->uri.len : 1);
+
+    if (p[-1] != '/') {
+        *p++ = '/';
+    }
+
+    p = ngx_cpymem(p, "memberships/", sizeof("memberships/") - 1);
+    p = (u_char *) ngx_escape_uri(p, row->event_id.data, row->event_id.len,
+                                  NGX_ESCAPE_ARGS);
+    hr->uri.len = p - hr->uri.data;
+
+    hr->host = u->host;
+    hr->port = u->port;
+    hr->tls = 0;
+    hr->internal = 1;
+    ngx_str_set(&hr->method, "PUT");
+
+    if (mmcf->silo_api_token.len) {
+        hr->authorization.len = sizeof("Bearer ") - 1
+                                + mmcf->silo_api_token.len;
+        hr->authorization.data = ngx_pnalloc(sa->pool, hr->authorization.len);
+        if (hr->authorization.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_sprintf(hr->authorization.data, "Bearer %V",
+                    &mmcf->silo_api_token);
+    }
+
+    hr->handler = ngx_http_matrix_silo_answered;
+    hr->data = sa;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr)
+{
+    ngx_str_t                    why;
+    ngx_http_matrix_silo_api_t  *sa;
+    ngx_http_matrix_silo_row_t  *row;
+    u_char                       buf[200];
+
+    sa = hr->data;
+    row = &sa->rows[sa->next];
+
+    if (hr->status >= 200 && hr->status < 300) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sa->log, 0,
+                       "matrix silo api: event %V written", &row->nid);
+        ngx_str_null(&why);
+        ngx_http_matrix_silo_settle(sa, 1, &why);
+        return;
+    }
+
+    if (hr->status >= 400 && hr->status < 500) {
+        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+                      "matrix silo api: the silo refused %V of event %V "
+                      "(%ui): %V", &row->kind, &row->nid, hr->status,
+                      &hr->response);
+        why.data = buf;
+        why.len = ngx_snprintf(buf, sizeof(buf), "refused: %ui", hr->status)
+                  - buf;
+        ngx_http_matrix_silo_settle(sa, 1, &why);
+        return;
+    }
+
+    why.data = buf;
+    why.len = hr->status
+              ? (size_t) (ngx_snprintf(buf, sizeof(buf), "answered %ui",
+                                       hr->status) - buf)
+              : (size_t) (ngx_snprintf(buf, sizeof(buf), "%V", &hr->error)
+                          - buf);
+
+    ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+                  "matrix silo api: %V of event %V not written, will retry: "
+                  "%V", &row->kind, &row->nid, &why);
+
+    ngx_http_matrix_silo_settle(sa, 0, &why);
+}
+
+
+/* done (or refused for good): the row goes; else its next attempt */
+
+static void
+ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa, ngx_uint_t done,
+    ngx_str_t *why)
+{
+    int64_t                      wait;
+    ngx_int_t                    attempts;
+    ngx_str_t                    v;
+    ngx_http_matrix_silo_row_t  *row;
+    u_char                       next[NGX_INT64_LEN + 1];
+
+    row = &sa->rows[sa->next];
+
+    sa->q->handler = ngx_http_matrix_silo_settled;
+    sa->q->data = sa;
+
+    if (ngx_http_matrix_pg_param(sa->q, 0, &row->nid) != NGX_OK) {
+        ngx_http_matrix_silo_pass_end(sa);
+        return;
+    }
+
+    if (done) {
+        sa->q->stmt = &ngx_http_matrix_silo_done;
+        sa->q->nparams = 1;
+
+    } else {
+        attempts = ngx_atoi(row->attempts.data, row->attempts.len);
+        wait = 1000;
+
+        while (--attempts > 0 && wait < NGX_HTTP_MATRIX_SILO_BACKOFF) {
+            wait *= 2;
+        }
+
+        if (wait > NGX_HTTP_MATRIX_SILO_BACKOFF) {
+            wait = NGX_HTTP_MATRIX_SILO_BACKOFF;
+        }
+
+        v.data = next;
+        v.len = ngx_sprintf(next, "%L", ngx_http_matrix_now_ms() + wait)
+                - next;
+
+        sa->q->stmt = &ngx_http_matrix_silo_retry;
+        sa->q->nparams = 3;
+
+        if (ngx_http_matrix_pg_param(sa->q, 1, &v) != NGX_OK
+            || ngx_http_matrix_pg_param(sa->q, 2, why) != NGX_OK)
+        {
+            ngx_http_matrix_silo_pass_end(sa);
+            return;
+        }
+    }
+
+    if (ngx_http_matrix_pg_run(sa->q) != NGX_OK) {
+        ngx_http_matrix_silo_pass_end(sa);
+    }
+}
+
+
+static void
+ngx_http_matrix_silo_settled(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_http_matrix_silo_api_t  *sa;
+
+    sa = q->data;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        /* the row is due again when its lease ends */
+        ngx_http_matrix_silo_pass_end(sa);
+        return;
+    }
+
+    sa->next++;
+
+    ngx_http_matrix_silo_send(sa);
+}
+
+
+static void
+ngx_http_matrix_silo_pass_end(ngx_http_matrix_silo_api_t *sa)
+{
+    ngx_pool_t  *pool;
+
+    pool = sa->pool;
+    sa->pool = NULL;
+    sa->q = NULL;
+    sa->rows = NULL;
+    sa->busy = 0;
+
+    if (!ngx_exiting && !ngx_terminate) {
+        ngx_add_timer(&sa->timer, sa->again ? 1 : NGX_HTTP_MATRIX_SILO_PERIOD);
+    }
+
+    /* last: we may be in a call of one of its objects */
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
