@@ -3,7 +3,9 @@
 #   make                 module (build/ngx_http_matrix_module.so) and build/matrix-tool
 #   make NGINX_SRC=DIR   against another nginx source tree (>= 1.22)
 #   make test            unit tests and nginx tests (t/)
-#   make demo            a local nginx with the module, showing the key document
+#   make demo            the demo in the background: the reference silo, nginx with
+#                        the module (localhost:8448, TLS) and a visiting server
+#   make demo-stop       stop it
 #   make bench           benchmarks (bench/)
 #   make deps            install the Debian packages the above need
 #   make node-deps       the test tools' npm packages (t/tools/package.json)

@@ -31,7 +31,8 @@ package MatrixFakeHS;
 # aliases ({name => [other host names]}: delegation targets, each with
 # its own certificate), keys ({name => "ed25519 V SEED"}, else a new
 # key), config ({name => {fields}}) and global ({fields}) to start with,
-# https (number of TLS ports, default 1), http (plain-HTTP ports, default
+# https (number of TLS ports, default 1), port (the first TLS port's
+# number, default: any free one), http (plain-HTTP ports, default
 # 0), tls_dir (another fake's, to share its CA), cert_names (more hosts
 # to make certificates for).
 #
@@ -125,10 +126,13 @@ sub start {
                               global => $o{global} || {} });
     close $cf;
 
+    my @https = ('127.0.0.1:0') x ($o{https} // 1);
+    $https[0] = "127.0.0.1:$o{port}" if $o{port} && @https;
+
     my @cmd = ('/usr/bin/python3', "$TOOLS/fake_hs.py",
                '--tls-dir', $self->{tls_dir}, '--config', $config,
                '--parent', $$,
-               ('--https', '127.0.0.1:0') x ($o{https} // 1),
+               (map { ('--https', $_) } @https),
                ('--http', '127.0.0.1:0') x ($o{http} // 0));
 
     my $ready = $self->_spawn(\@cmd, "$self->{dir}/fake_hs.log", 'fake_hs');
