@@ -27,19 +27,39 @@ CREATE INDEX room_state_joined ON room_state (room_nid, state_key)
     WHERE membership = 'join';
 
 
--- Writes owed to the silo's internal API (PUT memberships/..., and later
--- messages): queued in the transaction that stores the event, so that an
--- event the module has accepted is never lost on its way to the silo.
--- Deleted once the silo has answered 2xx or refused it for good.
+-- Invites of silo users to other servers' rooms, as this server signed
+-- them: kept until the user answers (which needs client support), and
+-- told to the silo.
+
+CREATE TABLE invites (
+    event_id           text PRIMARY KEY,
+    room_id            text NOT NULL,
+    room_version       text NOT NULL,
+    invitee            text NOT NULL,     -- a user ID of this server's
+    sender             text NOT NULL,
+    pdu                text NOT NULL,     -- canonical, with our signature
+    invite_room_state  jsonb NOT NULL DEFAULT '[]',
+    received_ts        bigint NOT NULL
+);
+
+CREATE INDEX invites_invitee ON invites (invitee);
+
+
+-- Writes owed to the silo's internal API (PUT memberships/..., invites/,
+-- and later messages): queued in the transaction that stores the event,
+-- so that an event the module has accepted is never lost on its way to
+-- the silo.  Deleted once the silo has answered 2xx or refused it for
+-- good.
 
 CREATE TABLE silo_outbox (
-    event_nid        bigint PRIMARY KEY REFERENCES events,
-    room_nid         integer NOT NULL REFERENCES matrix_rooms,
+    seq              bigserial PRIMARY KEY,
+    event_id         text NOT NULL UNIQUE,
+    room_nid         integer REFERENCES matrix_rooms,  -- NULL: an invite
     kind             text NOT NULL,
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_ts  bigint NOT NULL DEFAULT 0,
     last_error       text,
-    CONSTRAINT silo_outbox_kind CHECK (kind IN ('membership'))
+    CONSTRAINT silo_outbox_kind CHECK (kind IN ('membership', 'invite'))
 );
 
 CREATE INDEX silo_outbox_due ON silo_outbox (next_attempt_ts);
@@ -126,8 +146,8 @@ BEGIN
         VALUES (p_room_nid, n);
 
         IF e ->> 'outbox' IS NOT NULL THEN
-            INSERT INTO silo_outbox (event_nid, room_nid, kind)
-            VALUES (n, p_room_nid, e ->> 'outbox');
+            INSERT INTO silo_outbox (event_id, room_nid, kind)
+            VALUES (e ->> 'event_id', p_room_nid, e ->> 'outbox');
         END IF;
 
         RETURN NEXT n;
@@ -406,4 +426,25 @@ AS $fn$
          ORDER BY e.nid DESC
          LIMIT p_limit) m
      ORDER BY nid
+$fn$;
+
+
+-- An invite received and signed, and the silo owed it, at once; the same
+-- invite again changes nothing.
+
+CREATE FUNCTION matrix_store_invite(p_event_id text, p_room_id text,
+    p_room_version text, p_invitee text, p_sender text, p_pdu text,
+    p_state jsonb, p_ts bigint)
+RETURNS void
+LANGUAGE sql
+AS $fn$
+    WITH i AS (
+        INSERT INTO invites (event_id, room_id, room_version, invitee,
+                             sender, pdu, invite_room_state, received_ts)
+        VALUES (p_event_id, p_room_id, p_room_version, p_invitee, p_sender,
+                p_pdu, p_state, p_ts)
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id)
+    INSERT INTO silo_outbox (event_id, kind)
+    SELECT event_id, 'invite' FROM i
 $fn$;

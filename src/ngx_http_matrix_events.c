@@ -252,8 +252,15 @@ ngx_http_matrix_backfill(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     limit = ngx_atoi(v.data, v.len);
 
     rc = ngx_http_matrix_events_limit(r, limit, &ev->limit);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_INVALID_PARAM",
+                                          "limit must be a positive integer");
+    }
+
     if (rc != NGX_OK) {
-        return rc;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
@@ -357,8 +364,15 @@ ngx_http_matrix_missing_events(ngx_http_request_t *r,
     limit = v ? (json_is_integer(v) ? json_integer_value(v) : -1) : 10;
 
     rc = ngx_http_matrix_events_limit(r, limit, &ev->limit);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_INVALID_PARAM",
+                                          "limit must be a positive integer");
+    }
+
     if (rc != NGX_OK) {
-        return rc;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     v = json_object_get(body, "min_depth");
@@ -411,14 +425,14 @@ ngx_http_matrix_events_ids(json_t *list, ngx_int_t *rc,
 }
 
 
+/* NGX_DECLINED: not a positive integer (the caller answers 400) */
+
 static ngx_int_t
 ngx_http_matrix_events_limit(ngx_http_request_t *r, ngx_int_t value,
     ngx_str_t *out)
 {
     if (value <= 0) {
-        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                          "M_INVALID_PARAM",
-                                          "limit must be a positive integer");
+        return NGX_DECLINED;
     }
 
     if (value > NGX_HTTP_MATRIX_EVENTS_LIMIT) {
@@ -427,7 +441,7 @@ ngx_http_matrix_events_limit(ngx_http_request_t *r, ngx_int_t value,
 
     out->data = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
     if (out->data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     out->len = ngx_sprintf(out->data, "%i", value) - out->data;

@@ -80,7 +80,7 @@ static ngx_int_t ngx_http_matrix_omit_members(json_t *state, json_t *ids,
     json_t *servers);
 static void ngx_http_matrix_event_release(void *data);
 
-static ngx_int_t ngx_http_matrix_acl_check(ngx_http_matrix_room_op_t *op,
+static ngx_uint_t ngx_http_matrix_acl_allows(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *head);
 
 
@@ -202,8 +202,6 @@ static ngx_int_t
 ngx_http_matrix_make_opened(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    json_t                        *body;
-    ngx_int_t                      rc;
     ngx_http_matrix_membership_t  *m;
 
     m = op->data;
@@ -213,19 +211,7 @@ ngx_http_matrix_make_opened(ngx_http_request_t *r,
     if (ngx_strcmp(m->membership, "join") == 0
         && ngx_http_matrix_version_offered(r, op->version->id) != NGX_OK)
     {
-        body = json_pack("{s:s,s:s,s:s}",
-                         "errcode", "M_INCOMPATIBLE_ROOM_VERSION",
-                         "error", "Your server does not support the room's "
-                                  "version",
-                         "room_version", op->version->id);
-        if (body == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        rc = ngx_http_matrix_send_json(r, NGX_HTTP_BAD_REQUEST, body);
-        json_decref(body);
-
-        return rc;
+        return ngx_http_matrix_incompatible_version(r, op->version->id);
     }
 
     if (ngx_strcmp(m->membership, "leave") == 0 && !op->created) {
@@ -299,9 +285,9 @@ ngx_http_matrix_make_head(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = ngx_http_matrix_acl_check(op, head);
-    if (rc != NGX_OK) {
-        return rc;
+    if (!ngx_http_matrix_acl_allows(op, head)) {
+        return ngx_http_matrix_forbidden(r, "The room's server ACL denies "
+                                         "%V", &op->ctx->origin);
     }
 
     member = ngx_http_matrix_room_head_member(head, &m->user_id);
@@ -642,9 +628,9 @@ ngx_http_matrix_send_head(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = ngx_http_matrix_acl_check(op, head);
-    if (rc != NGX_OK) {
-        return rc;
+    if (!ngx_http_matrix_acl_allows(op, head)) {
+        return ngx_http_matrix_forbidden(r, "The room's server ACL denies "
+                                         "%V", &op->ctx->origin);
     }
 
     if (mx_auth_check(m->ev, (const mx_event_t *const *) head->state,
@@ -925,15 +911,15 @@ ngx_http_matrix_omit_members(json_t *state, json_t *ids, json_t *servers)
 }
 
 
-static ngx_int_t
-ngx_http_matrix_acl_check(ngx_http_matrix_room_op_t *op,
+static ngx_uint_t
+ngx_http_matrix_acl_allows(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *head)
 {
     if (head->server_acl == NULL) {
-        return NGX_OK;
+        return 1;
     }
 
-    return ngx_http_matrix_room_acl(op, head->server_acl->content);
+    return ngx_http_matrix_room_acl_allows(op, head->server_acl->content);
 }
 
 

@@ -1012,7 +1012,7 @@ ngx_http_matrix_room_accessed(ngx_http_request_t *r,
 {
     json_t      *doc, *acl;
     mx_err_t     err;
-    ngx_int_t    rc;
+    ngx_uint_t   allowed;
     const char  *text;
 
     doc = ngx_http_matrix_room_json(op);
@@ -1024,12 +1024,15 @@ ngx_http_matrix_room_accessed(ngx_http_request_t *r,
 
     if (text != NULL) {
         acl = mx_json_parse(text, ngx_strlen(text), 0, &err);
-        rc = ngx_http_matrix_room_acl(op, json_object_get(acl, "content"));
+        allowed = ngx_http_matrix_room_acl_allows(op,
+                                                  json_object_get(acl,
+                                                                  "content"));
         json_decref(acl);
 
-        if (rc != NGX_OK) {
+        if (!allowed) {
             json_decref(doc);
-            return rc;
+            return ngx_http_matrix_forbidden(r, "The room's server ACL "
+                                             "denies %V", &op->ctx->origin);
         }
     }
 
@@ -1045,23 +1048,46 @@ ngx_http_matrix_room_accessed(ngx_http_request_t *r,
 }
 
 
-ngx_int_t
-ngx_http_matrix_room_acl(ngx_http_matrix_room_op_t *op, json_t *acl_content)
+ngx_uint_t
+ngx_http_matrix_room_acl_allows(ngx_http_matrix_room_op_t *op,
+    json_t *acl_content)
 {
     u_char  server[256];
 
-    if (acl_content == NULL || op->ctx->origin.len >= sizeof(server)) {
-        return NGX_OK;
+    if (acl_content == NULL) {
+        return 1;
+    }
+
+    if (op->ctx->origin.len >= sizeof(server)) {
+        return 0;
     }
 
     ngx_cpystrn(server, op->ctx->origin.data, op->ctx->origin.len + 1);
 
-    if (mx_server_acl_allows(acl_content, (char *) server)) {
-        return NGX_OK;
+    return mx_server_acl_allows(acl_content, (char *) server);
+}
+
+
+ngx_int_t
+ngx_http_matrix_incompatible_version(ngx_http_request_t *r,
+    const char *version)
+{
+    json_t     *body;
+    ngx_int_t   rc;
+
+    body = json_pack("{s:s,s:s,s:s}",
+                     "errcode", "M_INCOMPATIBLE_ROOM_VERSION",
+                     "error", "The room's version is not one both servers "
+                              "support",
+                     "room_version", version);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_matrix_forbidden(op->r, "The room's server ACL denies "
-                                     "%V", &op->ctx->origin);
+    rc = ngx_http_matrix_send_json(r, NGX_HTTP_BAD_REQUEST, body);
+    json_decref(body);
+
+    return rc;
 }
 
 

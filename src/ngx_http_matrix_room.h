@@ -116,12 +116,16 @@ mx_event_t *ngx_http_matrix_room_head_member(ngx_http_matrix_room_head_t *h,
 ngx_int_t ngx_http_matrix_room_access(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_step_pt next);
 
+/* 400 M_INCOMPATIBLE_ROOM_VERSION naming the room's version */
+ngx_int_t ngx_http_matrix_incompatible_version(ngx_http_request_t *r,
+    const char *version);
+
 /* 403 M_FORBIDDEN saying why, logged */
 ngx_int_t ngx_http_matrix_forbidden(ngx_http_request_t *r,
     const char *fmt, ...);
 
-/* the room's server ACL content refuses the origin: NGX_OK if not */
-ngx_int_t ngx_http_matrix_room_acl(ngx_http_matrix_room_op_t *op,
+/* the room's server ACL content (NULL: none) lets the origin in */
+ngx_uint_t ngx_http_matrix_room_acl_allows(ngx_http_matrix_room_op_t *op,
     json_t *acl_content);
 
 /* the room's events made now if it has none yet */

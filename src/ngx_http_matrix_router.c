@@ -49,6 +49,7 @@ static ngx_http_matrix_route_t  *ngx_http_matrix_route_tables[] = {
     ngx_http_matrix_devices_routes,
     ngx_http_matrix_membership_routes,
     ngx_http_matrix_events_routes,
+    ngx_http_matrix_invite_routes,
     ngx_http_matrix_directory_routes,
     NULL
 };

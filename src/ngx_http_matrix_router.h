@@ -45,6 +45,7 @@ extern ngx_http_matrix_route_t  ngx_http_matrix_notary_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_devices_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_membership_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_events_routes[];
+extern ngx_http_matrix_route_t  ngx_http_matrix_invite_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_directory_routes[];
 
 

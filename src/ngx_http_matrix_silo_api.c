@@ -35,6 +35,8 @@ typedef struct {
     ngx_str_t                       silo_room_id;
     ngx_str_t                       pdu;
     ngx_str_t                       event_id;
+    ngx_str_t                       silo_user_id;  /* of an invite */
+    ngx_str_t                       room_name;     /* of an invite */
 } ngx_http_matrix_silo_row_t;
 
 
@@ -54,9 +56,8 @@ typedef struct {
 static void ngx_http_matrix_silo_tick(ngx_event_t *ev);
 static void ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa);
-static ngx_int_t ngx_http_matrix_silo_membership(
-    ngx_http_matrix_silo_api_t *sa, ngx_http_matrix_silo_row_t *row,
-    ngx_http_matrix_http_req_t *hr);
+static ngx_int_t ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
+    ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa,
     ngx_uint_t done, ngx_str_t *why);
@@ -68,27 +69,42 @@ static void ngx_http_matrix_silo_pass_end(ngx_http_matrix_silo_api_t *sa);
 static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
 
 
+/*
+ * The due rows, leased; with each, what its write needs: the event, the
+ * silo's room (of a membership), the silo's user (of an invite: the
+ * users view by the invitee's localpart) and the room's name as the
+ * inviting server described it.
+ */
+
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
     ngx_http_matrix_pg_stmt(
-        "UPDATE silo_outbox o SET next_attempt_ts = $1::bigint + $3, "
-        "attempts = o.attempts + 1 "
-        "WHERE o.event_nid IN (SELECT event_nid FROM silo_outbox "
-        "WHERE next_attempt_ts <= $1 ORDER BY event_nid LIMIT $2 "
+        "WITH c AS (UPDATE silo_outbox o "
+        "SET next_attempt_ts = $1::bigint + $3, attempts = o.attempts + 1 "
+        "WHERE o.seq IN (SELECT seq FROM silo_outbox "
+        "WHERE next_attempt_ts <= $1 ORDER BY seq LIMIT $2 "
         "FOR UPDATE SKIP LOCKED) "
-        "RETURNING o.event_nid, o.attempts, o.kind, "
-        "(SELECT r.silo_room_id FROM matrix_rooms r "
-        "WHERE r.room_nid = o.room_nid), "
-        "(SELECT e.pdu FROM events e WHERE e.nid = o.event_nid), "
-        "(SELECT e.event_id FROM events e WHERE e.nid = o.event_nid)", 3);
+        "RETURNING o.*) "
+        "SELECT c.seq, c.attempts, c.kind, "
+        "coalesce((SELECT r.silo_room_id FROM matrix_rooms r "
+        "WHERE r.room_nid = c.room_nid), i.room_id), "
+        "coalesce((SELECT e.pdu FROM events e "
+        "WHERE e.event_id = c.event_id), i.pdu), c.event_id, "
+        "(SELECT u.user_id FROM users u WHERE u.localpart = "
+        "split_part(substr(i.invitee, 2), ':', 1)), "
+        "(SELECT s -> 'content' ->> 'name' "
+        "FROM jsonb_array_elements(i.invite_room_state) s "
+        "WHERE s ->> 'type' = 'm.room.name' LIMIT 1) "
+        "FROM c LEFT JOIN invites i ON c.kind = 'invite' "
+        "AND i.event_id = c.event_id ORDER BY c.seq", 3);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_done =
     ngx_http_matrix_pg_stmt(
-        "DELETE FROM silo_outbox WHERE event_nid = $1", 1);
+        "DELETE FROM silo_outbox WHERE seq = $1", 1);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_retry =
     ngx_http_matrix_pg_stmt(
         "UPDATE silo_outbox SET next_attempt_ts = $2, last_error = $3 "
-        "WHERE event_nid = $1", 3);
+        "WHERE seq = $1", 3);
 
 
 ngx_int_t
@@ -261,10 +277,13 @@ ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
         ngx_http_matrix_silo_copy(sa->pool, &r->silo_room_id, res, row, 3);
         ngx_http_matrix_silo_copy(sa->pool, &r->pdu, res, row, 4);
         ngx_http_matrix_silo_copy(sa->pool, &r->event_id, res, row, 5);
+        ngx_http_matrix_silo_copy(sa->pool, &r->silo_user_id, res, row, 6);
+        ngx_http_matrix_silo_copy(sa->pool, &r->room_name, res, row, 7);
 
         if (r->nid.data == NULL || r->attempts.data == NULL
             || r->kind.data == NULL || r->silo_room_id.data == NULL
-            || r->pdu.data == NULL || r->event_id.data == NULL)
+            || r->pdu.data == NULL || r->event_id.data == NULL
+            || r->silo_user_id.data == NULL || r->room_name.data == NULL)
         {
             ngx_http_matrix_silo_pass_end(sa);
             return;
@@ -305,10 +324,12 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
         return;
     }
 
-    if (ngx_strcmp(row->kind.data, "membership") != 0
-        || ngx_http_matrix_silo_membership(sa, row, hr) != NGX_OK)
-    {
+    if (ngx_http_matrix_silo_write(sa, row, hr) != NGX_OK) {
         /* what cannot be written will not be later either */
+        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+                      "matrix silo api: %V of event \"%V\" cannot be "
+                      "written to the silo (no such user?): dropped",
+                      &row->kind, &row->event_id);
         ngx_str_set(&why, "cannot be written to the silo");
         ngx_http_matrix_silo_settle(sa, 1, &why);
         return;
@@ -321,19 +342,25 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
 }
 
 
-/* PUT memberships/{event_id} {"room_id", "sender", "membership", "ts"} */
+/*
+ * The write of a row:
+ *   PUT memberships/{event_id} {"room_id", "sender", "membership", "ts"}
+ *   PUT invites/{event_id} {"room_id" (Matrix), "room_name", "sender",
+ *                           "user_id" (the silo's), "ts"}
+ */
 
 static ngx_int_t
-ngx_http_matrix_silo_membership(ngx_http_matrix_silo_api_t *sa,
+ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr)
 {
     char                         *text;
-    json_t                       *pdu, *body;
+    json_t                       *pdu, *body, *content;
     size_t                        len;
     u_char                       *p;
     mx_err_t                      err;
     ngx_url_t                    *u;
-    const char                   *membership, *user_id, *name;
+    ngx_str_t                     path;
+    const char                   *membership, *user_id, *name, *sender;
     ngx_http_matrix_main_conf_t  *mmcf;
 
     mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
@@ -345,23 +372,39 @@ ngx_http_matrix_silo_membership(ngx_http_matrix_silo_api_t *sa,
         return NGX_ERROR;
     }
 
-    membership = json_string_value(json_object_get(json_object_get(pdu,
-                                                   "content"), "membership"));
+    content = json_object_get(pdu, "content");
+    membership = json_string_value(json_object_get(content, "membership"));
     user_id = json_string_value(json_object_get(pdu, "state_key"));
-    name = json_string_value(json_object_get(json_object_get(pdu, "content"),
-                                             "displayname"));
+    sender = json_string_value(json_object_get(pdu, "sender"));
+    name = json_string_value(json_object_get(content, "displayname"));
+    body = NULL;
 
-    if (membership == NULL || user_id == NULL) {
-        json_decref(pdu);
-        return NGX_ERROR;
+    if (ngx_strcmp(row->kind.data, "membership") == 0
+        && membership && user_id)
+    {
+        ngx_str_set(&path, "memberships/");
+
+        body = json_pack("{s:s,s:{s:s,s:s?,s:n},s:s,s:O}",
+                         "room_id", (char *) row->silo_room_id.data,
+                         "sender", "user_id", user_id, "displayname", name,
+                         "avatar_url",
+                         "membership", membership,
+                         "ts", json_object_get(pdu, "origin_server_ts"));
+
+    } else if (ngx_strcmp(row->kind.data, "invite") == 0 && sender
+               && row->silo_user_id.len)
+    {
+        ngx_str_set(&path, "invites/");
+
+        body = json_pack("{s:s,s:s?,s:{s:s,s:n,s:n},s:s,s:O}",
+                         "room_id", (char *) row->silo_room_id.data,
+                         "room_name", row->room_name.len
+                                      ? (char *) row->room_name.data : NULL,
+                         "sender", "user_id", sender, "displayname",
+                         "avatar_url",
+                         "user_id", (char *) row->silo_user_id.data,
+                         "ts", json_object_get(pdu, "origin_server_ts"));
     }
-
-    body = json_pack("{s:s,s:{s:s,s:s?,s:n},s:s,s:O}",
-                     "room_id", (char *) row->silo_room_id.data,
-                     "sender", "user_id", user_id, "displayname", name,
-                     "avatar_url",
-                     "membership", membership,
-                     "ts", json_object_get(pdu, "origin_server_ts"));
 
     text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 
@@ -382,9 +425,9 @@ ngx_http_matrix_silo_membership(ngx_http_matrix_silo_api_t *sa,
     ngx_memcpy(hr->body.data, text, hr->body.len);
     free(text);
 
-    /* the API's path, then memberships/ and the event ID, escaped */
+    /* the API's path, then the write's and the event ID, escaped */
 
-    len = u->uri.len + sizeof("/memberships/") - 1 + 3 * row->event_id.len;
+    len = u->uri.len + 1 + path.len + 3 * row->event_id.len;
 
     hr->uri.data = ngx_pnalloc(sa->pool, len);
     if (hr->uri.data == NULL) {
@@ -398,7 +441,7 @@ ngx_http_matrix_silo_membership(ngx_http_matrix_silo_api_t *sa,
         *p++ = '/';
     }
 
-    p = ngx_cpymem(p, "memberships/", sizeof("memberships/") - 1);
+    p = ngx_cpymem(p, path.data, path.len);
     p = (u_char *) ngx_escape_uri(p, row->event_id.data, row->event_id.len,
                                   NGX_ESCAPE_ARGS);
     hr->uri.len = p - hr->uri.data;

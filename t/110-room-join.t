@@ -366,6 +366,57 @@ is eventually($MEMBER, 1), 1, 'delivered once the silo is back';
 is eventually('SELECT count(*) FROM matrix.silo_outbox', 0), 0, 'outbox empty';
 
 
+# --- invite v2: a silo user invited to a room of remote.test ------------------
+
+my $REMOTE_ROOM = '!elsewhere:remote.test';
+my $inv_event = $fake->sign_event('remote.test', '10', {
+    type => 'm.room.member', state_key => '@alice:module.test',
+    sender => '@carol:remote.test', room_id => $REMOTE_ROOM,
+    content => { membership => 'invite' }, depth => 5,
+    origin_server_ts => 1700000000000, prev_events => ['$p'], auth_events => ['$a'],
+});
+my $INV = "/_matrix/federation/v2/invite/$REMOTE_ROOM/$inv_event->{event_id}";
+my $invite = { event => $inv_event->{event}, room_version => '10',
+               invite_room_state => [{ type => 'm.room.name', state_key => '',
+                                       sender => '@carol:remote.test',
+                                       content => { name => 'Elsewhere' } }] };
+
+($status, $json, $body) = fed('PUT', $INV, { %$invite, room_version => '2' });
+is $status, 400, 'invite in a room version not supported: 400';
+is $json->{errcode}, 'M_INCOMPATIBLE_ROOM_VERSION', 'M_INCOMPATIBLE_ROOM_VERSION';
+
+my $stripped = decode_json(encode_json($inv_event->{event}));
+delete $stripped->{signatures};
+($status, $json, $body) = fed("PUT", $INV, { %$invite, event => $stripped }); diag $body;
+is $status, 403, 'an invite without its signature: 403';
+
+($status, $json, $body) = fed('PUT', $INV, $invite);
+is $status, 200, 'invite v2: 200' or diag $body;
+$spec->valid_ok('server-server', 'PUT', $INV, $status, $body, 'invite matches the spec');
+is $json->{event}{state_key}, '@alice:module.test', 'the same event back';
+ok $json->{event}{signatures}{'module.test'}, 'signed by this server';
+my $c = $fake->check_event('10', $json->{event}, $KEYS);
+ok $c->{signatures_ok} && $c->{hash_ok} && $c->{event_id} eq $inv_event->{event_id},
+   'both signatures check out, same event ID' or diag encode_json($c);
+
+is eventually(q{SELECT inviter || ' ' || matrix_room_id || ' ' || room_name
+                  FROM chat.matrix_invites i JOIN chat.users u ON u.id = i.user_id
+                 WHERE u.username = 'alice'},
+              '@carol:remote.test !elsewhere:remote.test Elsewhere'),
+   '@carol:remote.test !elsewhere:remote.test Elsewhere',
+   'the silo has the invite for alice';
+
+($status) = fed('PUT', $INV, $invite);
+is $status, 200, 'the same invite again: 200';
+is $pg->psql('SELECT count(*) FROM matrix.invites'), 1, 'kept once';
+
+my $nobody = $fake->sign_event('remote.test', '10', {
+    %{ $inv_event->{event} }, state_key => '@nobody:module.test' });
+delete $nobody->{event}{$_} for ();
+($status) = fed('PUT', "/_matrix/federation/v2/invite/$REMOTE_ROOM/$nobody->{event_id}",
+                { %$invite, event => $nobody->{event} });
+is $status, 404, 'an invite for a user the silo does not have: 404';
+
 unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
 
 done_testing;

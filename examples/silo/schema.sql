@@ -92,3 +92,14 @@ CREATE TABLE chat.matrix_writes (
     message_id      bigint REFERENCES chat.messages,
     applied_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- invites of silo users to rooms on other Matrix servers, by Matrix event
+-- ID, until the user answers them
+CREATE TABLE chat.matrix_invites (
+    event_id        text PRIMARY KEY,
+    user_id         bigint NOT NULL REFERENCES chat.users ON DELETE CASCADE,
+    matrix_room_id  text NOT NULL,
+    room_name       text,
+    inviter         text NOT NULL,
+    invited_at      timestamptz NOT NULL
+);

@@ -757,6 +757,38 @@ class Silo:
         await self.apply_once(conn, w, "membership", None, sql, *args)
         return {}
 
+    async def i_invite(self, request):
+        """PUT invites/{event_id}: a user of ours invited to a room on
+        another Matrix server; kept until the user answers it."""
+        self.check_token(request)
+        event_id = request.match_info["event_id"]
+        if not EVENT_ID_RE.match(event_id):
+            raise Refused(400, "not a Matrix event ID")
+        body = await json_body(request)
+        storable(body)
+        room_id = field(body, "room_id", str, maxlen=255)
+        room_name = field(body, "room_name", str, required=False, maxlen=255)
+        sender = field(body, "sender", dict)
+        inviter = field(sender, "user_id", str, maxlen=255)
+        uid = silo_id(field(body, "user_id", str), "user")
+        ts = field(body, "ts", int)
+        if not room_id.startswith("!") or not MATRIX_USER_RE.match(inviter):
+            raise Refused(400, "'room_id' or 'sender.user_id' is malformed")
+        if not 0 <= ts < MAX_TS:
+            raise Refused(400, "'ts' out of range")
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(
+                    """SELECT 1 FROM chat.users
+                        WHERE id = $1 AND matrix_user_id IS NULL""", uid):
+                raise Refused(404, "no such user")
+            await conn.execute(
+                """INSERT INTO chat.matrix_invites (event_id, user_id,
+                          matrix_room_id, room_name, inviter, invited_at)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (event_id) DO NOTHING""",
+                event_id, uid, room_id, room_name, inviter, ts_of(ts))
+        return web.json_response({})
+
     async def i_password(self, request):
         self.check_token(request)
         # matrix.sql maps localpart to the immutable handle
@@ -833,6 +865,7 @@ def internal_routes(app, silo):
         r.add_put(p + path + "/{event_id}",
                   functools.partial(silo.internal_write, kind=kind,
                                     apply=apply))
+    r.add_put(p + "invites/{event_id}", silo.i_invite)
     r.add_post(p + "auth/password", silo.i_password)
 
 
