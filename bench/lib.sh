@@ -81,6 +81,12 @@ CONF
 
 # --- federation rooms (bench/join, bench/backfill) --------------------------
 #
+#   bench_fed_start NAME USERS        all of the below in a new $run
+#                                     (/tmp/mxbench-NAME-*), removed with
+#                                     everything started on exit: the peers,
+#                                     a cluster, the silo in database "bench"
+#                                     with USERS users, "matrix" migrated;
+#                                     prints and exits on failure
 #   bench_peers_start DIR             the fake remote.test and its DNS
 #                                     (bench/xmatrix/peers.pl): sets DNS, CA,
 #                                     CONTROL; stopped by bench_peers_stop
@@ -103,6 +109,28 @@ CONF
 #                                     before; "matrix" must be migrated first
 #                                     and the room gets Matrix room ID
 #                                     !rID:bench.test (version 10)
+
+bench_fed_start() {
+    # a short path: unix socket paths are limited to 107 bytes
+    run=$(mktemp -d /tmp/mxbench-$1-XXXXXX)
+    chmod 0755 $run
+    trap bench_fed_cleanup EXIT
+    trap 'exit 130' INT TERM
+
+    bench_peers_start $run || { echo "bench/$1: no peers" >&2; exit 1; }
+    bench_pg_start $run 256MB
+    bench_silo_make $run bench $2
+    build/matrix-tool migrate "host=$run dbname=bench user=postgres" \
+        >/dev/null || { echo "bench/$1: matrix-tool migrate failed" >&2;
+                        exit 1; }
+}
+
+bench_fed_cleanup() {
+    [ -f $run/nginx.pid ] && kill $(cat $run/nginx.pid) 2>/dev/null || true
+    bench_peers_stop $run
+    bench_pg_stop $run
+    rm -rf $run
+}
 
 bench_peers_start() {
     perl -It/lib bench/xmatrix/peers.pl $1/peers.env GET / bench.test \

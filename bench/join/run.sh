@@ -67,26 +67,9 @@ done
 [ $AUTHORS -le $MEMBERS ] || die "AUTHORS ($AUTHORS) > MEMBERS ($MEMBERS)"
 [ $JOINS -ge 1 ] || die "JOINS must be at least 1"
 
-# a short path: unix socket paths are limited to 107 bytes
-run=$(mktemp -d /tmp/mxbench-join-XXXXXX)
-chmod 0755 $run
 
-cleanup() {
-    [ -f $run/nginx.pid ] && kill $(cat $run/nginx.pid) 2>/dev/null || true
-    bench_peers_stop $run
-    bench_pg_stop $run
-    rm -rf $run
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-bench_peers_start $run || die "no peers"
-
-bench_pg_start $run 256MB
 t0=$(date +%s)
-bench_silo_make $run bench $MEMBERS
-build/matrix-tool migrate "host=$run dbname=bench user=postgres" >/dev/null \
-    || die "matrix-tool migrate failed"
+bench_fed_start join $MEMBERS
 bench_silo_room $run bench 1 $SMALL $MESSAGES $AUTHORS_SMALL
 bench_silo_room $run bench 2 $MEMBERS $MESSAGES $AUTHORS_SMALL
 bench_silo_room $run bench 3 $MEMBERS $MESSAGES $AUTHORS
