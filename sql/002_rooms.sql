@@ -12,6 +12,8 @@
 -- Functions that read the silo's views (messages, rooms, ...) are
 -- plpgsql: their queries are planned when first run, with the caller's
 -- search_path, so they can be created before the operator's views exist.
+-- Those that serve many events run without JIT: their estimates are
+-- high, their work small, and compiling cost more than running.
 
 
 ALTER TABLE matrix_rooms ADD COLUMN created_ts bigint;   -- NULL: no events yet
@@ -74,7 +76,7 @@ CREATE INDEX silo_outbox_due ON silo_outbox (next_attempt_ts);
 --    "outbox": a silo_outbox kind, or absent}
 -- Every event named must be in the room already (or earlier in the
 -- array).  An event already stored is left as it is.  Returns the nids,
--- in the same order.
+-- in the same order, NULL for an event refused (see below).
 
 CREATE FUNCTION matrix_append_events(p_room_nid integer, p_events jsonb)
 RETURNS SETOF bigint
@@ -84,6 +86,7 @@ DECLARE
     e      jsonb;
     prev   bigint[];
     auth   bigint[];
+    deep   bigint;
     n      bigint;
 BEGIN
     FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
@@ -97,26 +100,32 @@ BEGIN
             CONTINUE;
         END IF;
 
-        SELECT coalesce(array_agg(ev.nid ORDER BY i.ord), '{}')
-          INTO prev
-          FROM jsonb_array_elements_text(e -> 'prev') WITH ORDINALITY
-               AS i(id, ord)
-          JOIN events ev ON ev.event_id = i.id;
+        -- the events it names, of this room only, one index lookup each
+        prev := ARRAY(SELECT (SELECT ev.nid FROM events ev
+                               WHERE ev.event_id = i.id
+                                 AND ev.room_nid = p_room_nid)
+                        FROM jsonb_array_elements_text(e -> 'prev')
+                             WITH ORDINALITY AS i(id, ord)
+                       ORDER BY i.ord);
+        auth := ARRAY(SELECT (SELECT ev.nid FROM events ev
+                               WHERE ev.event_id = i.id
+                                 AND ev.room_nid = p_room_nid)
+                        FROM jsonb_array_elements_text(e -> 'auth')
+                             WITH ORDINALITY AS i(id, ord)
+                       ORDER BY i.ord);
 
-        IF cardinality(prev) <> jsonb_array_length(e -> 'prev') THEN
-            RAISE EXCEPTION 'event % names a previous event not in the room',
-                            e ->> 'event_id';
-        END IF;
+        SELECT max(ev.depth) INTO deep FROM events ev
+         WHERE ev.nid = ANY (prev);
 
-        SELECT coalesce(array_agg(ev.nid ORDER BY i.ord), '{}')
-          INTO auth
-          FROM jsonb_array_elements_text(e -> 'auth') WITH ORDINALITY
-               AS i(id, ord)
-          JOIN events ev ON ev.event_id = i.id;
-
-        IF cardinality(auth) <> jsonb_array_length(e -> 'auth') THEN
-            RAISE EXCEPTION 'event % names an auth event not in the room',
-                            e ->> 'event_id';
+        -- refused (NULL, nothing stored): an event named that the room
+        -- does not have, or a depth beyond its previous events' + 1,
+        -- which would push every later event of the room out of range
+        IF array_position(prev, NULL) IS NOT NULL
+           OR array_position(auth, NULL) IS NOT NULL
+           OR (e ->> 'depth')::bigint > coalesce(deep, 0) + 1
+        THEN
+            RETURN NEXT NULL;
+            CONTINUE;
         END IF;
 
         INSERT INTO events (depth, origin_server_ts, room_nid, recipe,
@@ -157,7 +166,8 @@ $fn$;
 
 
 -- What a new event of the room needs, as one JSON document: the forward
--- extremities (prev_events), the next depth, and the current state
+-- extremities (prev_events: the ten newest, which a new event merges),
+-- the next depth, and the current state
 -- events that can authorise it, whole (create, power levels, join rules,
 -- server ACL, history visibility, and the members asked about: a JSON
 -- array of user IDs).  With p_lock, the room's row is locked
@@ -176,14 +186,18 @@ BEGIN
     END IF;
 
     SELECT jsonb_build_object(
-        'prev', (SELECT coalesce(jsonb_agg(ev.event_id ORDER BY ev.nid), '[]')
-                   FROM forward_extremities f
-                   JOIN events ev ON ev.nid = f.event_nid
-                  WHERE f.room_nid = p_room_nid),
-        'depth', (SELECT coalesce(max(ev.depth), 0) + 1
-                    FROM forward_extremities f
-                    JOIN events ev ON ev.nid = f.event_nid
-                   WHERE f.room_nid = p_room_nid),
+        'prev', (SELECT coalesce(jsonb_agg(x.event_id ORDER BY x.nid), '[]')
+                   FROM (SELECT ev.event_id, ev.nid
+                           FROM forward_extremities f
+                           JOIN events ev ON ev.nid = f.event_nid
+                          WHERE f.room_nid = p_room_nid
+                          ORDER BY ev.nid DESC LIMIT 10) x),
+        'depth', (SELECT coalesce(max(x.depth), 0) + 1
+                    FROM (SELECT ev.depth
+                            FROM forward_extremities f
+                            JOIN events ev ON ev.nid = f.event_nid
+                           WHERE f.room_nid = p_room_nid
+                           ORDER BY ev.nid DESC LIMIT 10) x),
         'state', (SELECT coalesce(jsonb_agg(ev.pdu ORDER BY ev.nid), '[]')
                     FROM room_state s
                     JOIN events ev ON ev.nid = s.event_nid
@@ -205,16 +219,21 @@ $fn$;
 
 -- The state of the room before an event (the event's own change left
 -- out), as event nids.  Events are in nid order, so the latest state
--- event of each (type, state_key) before it is the one in force.
+-- event of each (type, state_key) before it is the one in force; the
+-- keys are those of the current state (a key once set stays set).
 
 CREATE FUNCTION matrix_state_before(p_room_nid integer, p_nid bigint)
 RETURNS SETOF bigint
 LANGUAGE sql STABLE
 AS $fn$
-    SELECT DISTINCT ON (type, state_key) nid
-      FROM events
-     WHERE room_nid = p_room_nid AND state_key IS NOT NULL AND nid < p_nid
-     ORDER BY type, state_key, nid DESC
+    SELECT n FROM (
+        SELECT (SELECT e.nid FROM events e
+                 WHERE e.room_nid = p_room_nid AND e.type = k.type
+                   AND e.state_key = k.state_key AND e.nid < p_nid
+                 ORDER BY e.nid DESC LIMIT 1) AS n
+          FROM room_state k
+         WHERE k.room_nid = p_room_nid) s
+     WHERE n IS NOT NULL
 $fn$;
 
 
@@ -228,7 +247,9 @@ AS $fn$
     WITH RECURSIVE chain(nid) AS (
         SELECT unnest(auth_nids) FROM events WHERE nid = ANY (p_nids)
         UNION
-        SELECT unnest(e.auth_nids) FROM events e JOIN chain c USING (nid)
+        SELECT unnest((SELECT e.auth_nids FROM events e
+                        WHERE e.nid = c.nid))
+          FROM chain c
     )
     SELECT nid FROM chain
 $fn$;
@@ -247,6 +268,7 @@ RETURNS TABLE (nid bigint, event_id text, pdu text, room_id text,
                reply_event_id text, thread_event_id text,
                redacted boolean)
 LANGUAGE plpgsql STABLE
+SET jit = off
 AS $fn$
 BEGIN
     RETURN QUERY
@@ -344,6 +366,7 @@ RETURNS TABLE (nid bigint, event_id text, pdu text, room_id text,
                reply_event_id text, thread_event_id text,
                redacted boolean, part integer)
 LANGUAGE plpgsql STABLE
+SET jit = off
 AS $fn$
 DECLARE
     state  bigint[];

@@ -302,6 +302,12 @@ ngx_http_matrix_backfill(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
             ngx_unescape_uri(&dst, &src, amp - p - 2, NGX_UNESCAPE_URI);
             v.len = dst - v.data;
 
+            if (v.len > 255 || ngx_strlchr(v.data, dst, '\0') != NULL) {
+                return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                  "M_INVALID_PARAM",
+                                                  "Invalid event ID in v");
+            }
+
             json_array_append_new(ev->from, json_stringn((char *) v.data,
                                                          v.len));
         }
@@ -400,7 +406,8 @@ static json_t *
 ngx_http_matrix_events_ids(json_t *list, ngx_int_t *rc,
     ngx_http_request_t *r, const char *name)
 {
-    size_t  i;
+    size_t   i;
+    json_t  *v;
 
     if (!json_is_array(list)
         || json_array_size(list) > NGX_HTTP_MATRIX_EVENTS_NAMED)
@@ -413,7 +420,11 @@ ngx_http_matrix_events_ids(json_t *list, ngx_int_t *rc,
     }
 
     for (i = 0; i < json_array_size(list); i++) {
-        if (!json_is_string(json_array_get(list, i))) {
+        v = json_array_get(list, i);
+
+        if (!json_is_string(v) || json_string_length(v) > 255
+            || ngx_strlen(json_string_value(v)) != json_string_length(v))
+        {
             *rc = ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                              "M_BAD_JSON", "%s must be an "
                                              "array of event IDs", name);
@@ -702,6 +713,10 @@ ngx_http_matrix_events_reply(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (ev->what != NGX_HTTP_MATRIX_STATE) {
+        ngx_http_matrix_room_pdus_compact(pdus);
+    }
+
     switch (ev->what) {
 
     case NGX_HTTP_MATRIX_STATE:
@@ -713,9 +728,11 @@ ngx_http_matrix_events_reply(ngx_http_request_t *r,
         for (row = 0; first && second && row < n
                       && (size_t) row < json_array_size(pdus); row++)
         {
-            json_array_append(PQgetvalue(res, row, last)[0] == '0'
-                              ? first : second,
-                              json_array_get(pdus, row));
+            if (!json_is_null(json_array_get(pdus, row))) {
+                json_array_append(PQgetvalue(res, row, last)[0] == '0'
+                                  ? first : second,
+                                  json_array_get(pdus, row));
+            }
         }
 
         json_decref(pdus);

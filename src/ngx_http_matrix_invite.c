@@ -150,6 +150,11 @@ ngx_http_matrix_invite_check(ngx_http_request_t *r,
         return 0;
     }
 
+    if (!json_is_object(json_object_get(event, "signatures"))) {
+        *rc = ngx_http_matrix_forbidden(r, "The invite is not signed");
+        return 0;
+    }
+
     inv->version = mx_room_version_find(version, ngx_strlen(version));
 
     if (inv->version == NULL || !inv->version->supported) {

@@ -25,6 +25,10 @@
 #include <mx_ids.h>
 
 
+#define NGX_HTTP_MATRIX_PREV_MAX  20      /* prev_events of a received event */
+#define NGX_HTTP_MATRIX_AUTH_MAX  10      /* auth_events */
+
+
 typedef struct {
     const char                     *membership;    /* "join", "leave" */
     ngx_uint_t                      version;       /* of send_*: 1 or 2 */
@@ -32,6 +36,7 @@ typedef struct {
     ngx_str_t                       event_id;
     mx_event_t                     *ev;
     ngx_str_t                       nid;           /* the event's, stored */
+    ngx_http_matrix_room_head_t    *head;
     unsigned                        omit_members:1;
 } ngx_http_matrix_membership_t;
 
@@ -69,6 +74,8 @@ static void ngx_http_matrix_send_signed(ngx_http_matrix_pdu_check_t *pc);
 static ngx_int_t ngx_http_matrix_send_begun(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_send_head(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_send_cited(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_send_appended(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
@@ -122,6 +129,12 @@ ngx_http_matrix_route_t  ngx_http_matrix_membership_routes[] = {
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_append_stmt =
     ngx_http_matrix_pg_stmt("SELECT matrix_append_events($1, $2)", 2);
+
+/* the events an event cites as its auth, of this room, kept whole */
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_cited_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT pdu FROM events WHERE room_nid = $1 AND pdu IS NOT NULL "
+        "AND event_id IN (SELECT jsonb_array_elements_text($2))", 2);
 
 /* silo border: is the room public */
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_public_stmt =
@@ -496,6 +509,20 @@ ngx_http_matrix_send_opened(ngx_http_request_t *r,
                                           "M_NOT_FOUND", "Unknown room");
     }
 
+    if (!json_is_object(json_object_get(op->ctx->body, "signatures"))) {
+        return ngx_http_matrix_forbidden(r, "The event is not signed");
+    }
+
+    if (json_array_size(json_object_get(op->ctx->body, "prev_events"))
+        > NGX_HTTP_MATRIX_PREV_MAX
+        || json_array_size(json_object_get(op->ctx->body, "auth_events"))
+           > NGX_HTTP_MATRIX_AUTH_MAX)
+    {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_BAD_JSON", "Too many prev_events "
+                                          "or auth_events");
+    }
+
     if (mx_event_from_json(op->ctx->body, op->version, &ev, &err) != MX_OK) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_BAD_JSON", "Invalid event: %s",
@@ -607,25 +634,95 @@ ngx_http_matrix_send_begun(ngx_http_request_t *r,
 }
 
 
-/* the auth rules against the current state, under the room's lock */
+/* under the room's lock: the current state, then the event's own auth */
 
 static ngx_int_t
 ngx_http_matrix_send_head(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
     char                          *text;
-    json_t                        *records;
     ngx_int_t                      rc;
-    mx_err_t                       err;
     ngx_str_t                      values[2];
-    ngx_http_matrix_room_head_t   *head;
     ngx_http_matrix_membership_t  *m;
 
     m = op->data;
 
-    head = ngx_http_matrix_room_head_get(op);
-    if (head == NULL) {
+    m->head = ngx_http_matrix_room_head_get(op);
+    if (m->head == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    text = json_dumps(m->ev->auth_events, JSON_COMPACT);
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = op->nid;
+    values[1].data = (u_char *) text;
+    values[1].len = ngx_strlen(text);
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_cited_stmt, values, 2,
+                                  ngx_http_matrix_send_cited);
+    free(text);
+
+    return rc;
+}
+
+
+/*
+ * The auth rules, twice (server-server-api.md, checks on receipt): with
+ * the events it cites, which must all be this room's and kept whole, and
+ * with the current state; then the event is appended.
+ */
+
+static ngx_int_t
+ngx_http_matrix_send_cited(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    int                            row, n;
+    char                          *text;
+    json_t                        *records;
+    ngx_int_t                      rc;
+    mx_err_t                       err;
+    PGresult                      *res;
+    ngx_str_t                      values[2];
+    mx_event_t                    *cited[NGX_HTTP_MATRIX_AUTH_MAX];
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_matrix_room_head_t   *head;
+    ngx_http_matrix_membership_t  *m;
+
+    m = op->data;
+    head = m->head;
+    res = op->q->result;
+    n = PQntuples(res);
+
+    if ((size_t) n != json_array_size(m->ev->auth_events)
+        || n > NGX_HTTP_MATRIX_AUTH_MAX)
+    {
+        return ngx_http_matrix_forbidden(r, "The event cites auth events "
+                                         "this room does not have");
+    }
+
+    for (row = 0; row < n; row++) {
+        if (mx_event_parse(PQgetvalue(res, row, 0), PQgetlength(res, row, 0),
+                           op->version, &cited[row], &err)
+            != MX_OK)
+        {
+            while (row--) {
+                mx_event_free(cited[row]);
+            }
+
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            mx_event_free(cited[row]);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_http_matrix_event_release;
+        cln->data = cited[row];
     }
 
     if (!ngx_http_matrix_acl_allows(op, head)) {
@@ -633,12 +730,19 @@ ngx_http_matrix_send_head(ngx_http_request_t *r,
                                          "%V", &op->ctx->origin);
     }
 
+    if (mx_auth_check(m->ev, (const mx_event_t *const *) cited, n, &err)
+        != MX_OK)
+    {
+        return ngx_http_matrix_forbidden(r, "Not allowed by its auth events: "
+                                         "%s", err.msg);
+    }
+
     if (mx_auth_check(m->ev, (const mx_event_t *const *) head->state,
                       head->nstate, &err)
         != MX_OK)
     {
-        return ngx_http_matrix_forbidden(r, "Not allowed by the room's auth "
-                                         "rules: %s", err.msg);
+        return ngx_http_matrix_forbidden(r, "Not allowed by the room's "
+                                         "current state: %s", err.msg);
     }
 
     records = json_array();
@@ -681,6 +785,13 @@ ngx_http_matrix_send_appended(ngx_http_request_t *r,
 
     if (PQntuples(res) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (PQgetisnull(res, 0, 0)) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_BAD_JSON", "The event names "
+                                          "events this room does not have, "
+                                          "or its depth is out of line");
     }
 
     m->nid.len = PQgetlength(res, 0, 0);
@@ -766,6 +877,10 @@ ngx_http_matrix_send_reply(ngx_http_request_t *r,
             part = ngx_atoi((u_char *) PQgetvalue(res, row,
                                                   PQnfields(res) - 1),
                             PQgetlength(res, row, PQnfields(res) - 1));
+
+            if (json_is_null(json_array_get(all, row))) {
+                continue;
+            }
 
             if (part == 0) {
                 json_array_append(state, json_array_get(all, row));

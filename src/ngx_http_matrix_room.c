@@ -1500,7 +1500,7 @@ ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op, json_t **ids)
             ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
                           "matrix room \"%V\": event \"%s\" cannot be "
                           "served", &op->room_id, PQgetvalue(res, row, 1));
-            continue;
+            pdu = json_null();
         }
 
         json_array_append_new(pdus, pdu);
@@ -1667,6 +1667,22 @@ ngx_http_matrix_hex_to_b64(const char *hex, char *b64, size_t max)
     b64[mx_base64_encode(b64, raw, n, MX_BASE64_STD)] = '\0';
 
     return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_room_pdus_compact(json_t *pdus)
+{
+    size_t  i;
+
+    for (i = 0; i < json_array_size(pdus); /* void */) {
+        if (json_is_null(json_array_get(pdus, i))) {
+            json_array_remove(pdus, i);
+
+        } else {
+            i++;
+        }
+    }
 }
 
 

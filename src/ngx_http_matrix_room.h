@@ -141,11 +141,15 @@ json_t *ngx_http_matrix_room_json(ngx_http_matrix_room_op_t *op);
 
 /*
  * The PDUs of rows of matrix_event_parts() (the last result), as a JSON
- * array, events rebuilt from the silo included; NULL on error.  With
- * ids, their event IDs as well, in the same order.
+ * array, events rebuilt from the silo included, row by row: a JSON null
+ * for one that cannot be served (logged); NULL on error.  With ids,
+ * their event IDs as well, in the same order.
  */
 json_t *ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op,
     json_t **ids);
+
+/* the nulls of ngx_http_matrix_room_pdus() taken out */
+void ngx_http_matrix_room_pdus_compact(json_t *pdus);
 
 /*
  * Makes one event of this server's (parts filled but for the room ID),

@@ -4,15 +4,17 @@
  * silo_outbox that the event's own transaction filled.
  *
  * Each worker runs a delivery pass every second, and at once when it
- * has just queued something: it claims the due rows (FOR UPDATE SKIP
- * LOCKED, then leased for 30 s by moving their next attempt, so that
- * workers and nginx nodes never send one row at the same time), sends
- * them one by one, and then deletes each row the silo answered (2xx:
- * done; 4xx: refused for good, logged) or moves its next attempt back
- * (5xx, no answer: 1 s doubling to 5 min).  A worker that dies mid-pass
- * leaves its rows leased; they are due again when the lease ends.  The
- * silo's writes are idempotent by event ID, so a row sent twice (an
- * answer lost) does no harm.
+ * has just queued something: it claims the first due row of each room
+ * (FOR UPDATE SKIP LOCKED, then leased for 10 min by moving its next
+ * attempt, so that workers and nginx nodes never send one row, or two
+ * rows of one room, at the same time), sends them one by one, and then
+ * deletes each row the silo answered (2xx: done; 4xx: refused for good,
+ * logged) or moves its next attempt back (5xx, no answer, and the 4xx
+ * that say "not now": 401, 408, 429: 1 s doubling to 5 min).  A room's
+ * later writes wait behind its first, so the silo sees them in order.
+ * A worker that dies mid-pass leaves its rows leased; they are due again
+ * when the lease ends.  The silo's writes are idempotent by event ID, so
+ * a row sent twice (an answer lost) does no harm.
  */
 
 
@@ -24,7 +26,8 @@
 
 #define NGX_HTTP_MATRIX_SILO_PERIOD     1000
 #define NGX_HTTP_MATRIX_SILO_BATCH      16
-#define NGX_HTTP_MATRIX_SILO_LEASE      30000
+#define NGX_HTTP_MATRIX_SILO_LEASE      600000    /* a pass, timeouts
+                                                     included */
 #define NGX_HTTP_MATRIX_SILO_BACKOFF    300000    /* the longest wait */
 
 
@@ -70,7 +73,10 @@ static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
 
 
 /*
- * The due rows, leased; with each, what its write needs: the event, the
+ * The due rows, leased, at most the first of each room (a room's writes
+ * go in order: while its first is leased or waiting to be retried, the
+ * rest wait; invites have no room and wait for nothing); with each, what
+ * its write needs: the event, the
  * silo's room (of a membership), the silo's user (of an invite: the
  * users view by the invitee's localpart) and the room's name as the
  * inviting server described it.
@@ -78,11 +84,14 @@ static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
     ngx_http_matrix_pg_stmt(
-        "WITH c AS (UPDATE silo_outbox o "
+        "WITH h AS (SELECT DISTINCT ON (coalesce(room_nid, -seq)) seq, "
+        "next_attempt_ts FROM silo_outbox "
+        "ORDER BY coalesce(room_nid, -seq), seq), "
+        "c AS (UPDATE silo_outbox o "
         "SET next_attempt_ts = $1::bigint + $3, attempts = o.attempts + 1 "
         "WHERE o.seq IN (SELECT seq FROM silo_outbox "
-        "WHERE next_attempt_ts <= $1 ORDER BY seq LIMIT $2 "
-        "FOR UPDATE SKIP LOCKED) "
+        "WHERE seq IN (SELECT seq FROM h WHERE next_attempt_ts <= $1) "
+        "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) "
         "RETURNING o.*) "
         "SELECT c.seq, c.attempts, c.kind, "
         "coalesce((SELECT r.silo_room_id FROM matrix_rooms r "
@@ -490,7 +499,11 @@ ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr)
         return;
     }
 
-    if (hr->status >= 400 && hr->status < 500) {
+    if (hr->status >= 400 && hr->status < 500
+        && hr->status != NGX_HTTP_UNAUTHORIZED
+        && hr->status != NGX_HTTP_REQUEST_TIME_OUT
+        && hr->status != 429)
+    {
         ngx_log_error(NGX_LOG_WARN, sa->log, 0,
                       "matrix silo api: the silo refused %V of event %V "
                       "(%ui): %V", &row->kind, &row->nid, hr->status,

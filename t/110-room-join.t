@@ -102,6 +102,7 @@ EOF
 # the silo's rooms get their IDs from the directory; here, by hand
 $pg->psql(q{INSERT INTO matrix.matrix_rooms (room_id, silo_room_id, room_version)
             VALUES ('!general:module.test', '1', '10'),
+                   ('!random:module.test', '2', '10'),
                    ('!private:module.test', '3', '10')});
 
 # every event this server serves: hash, signature and event ID as an
@@ -371,7 +372,7 @@ is eventually('SELECT count(*) FROM matrix.silo_outbox', 0), 0, 'outbox empty';
 my $REMOTE_ROOM = '!elsewhere:remote.test';
 my $inv_event = $fake->sign_event('remote.test', '10', {
     type => 'm.room.member', state_key => '@alice:module.test',
-    sender => '@carol:remote.test', room_id => $REMOTE_ROOM,
+    sender => '@carol:remote.test', room_id => $REMOTE_ROOM, origin => 'remote.test',
     content => { membership => 'invite' }, depth => 5,
     origin_server_ts => 1700000000000, prev_events => ['$p'], auth_events => ['$a'],
 });
@@ -387,7 +388,7 @@ is $json->{errcode}, 'M_INCOMPATIBLE_ROOM_VERSION', 'M_INCOMPATIBLE_ROOM_VERSION
 
 my $stripped = decode_json(encode_json($inv_event->{event}));
 delete $stripped->{signatures};
-($status, $json, $body) = fed("PUT", $INV, { %$invite, event => $stripped }); diag $body;
+($status) = fed("PUT", $INV, { %$invite, event => $stripped });
 is $status, 403, 'an invite without its signature: 403';
 
 ($status, $json, $body) = fed('PUT', $INV, $invite);
@@ -416,6 +417,81 @@ delete $nobody->{event}{$_} for ();
 ($status) = fed('PUT', "/_matrix/federation/v2/invite/$REMOTE_ROOM/$nobody->{event_id}",
                 { %$invite, event => $nobody->{event} });
 is $status, 404, 'an invite for a user the silo does not have: 404';
+
+# --- events that name what they should not -------------------------------------
+
+my $RANDOM = '!random:module.test';
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$RANDOM/\@erin:remote.test?ver=10");
+is $status, 200, 'make_join into a second room';
+my $random_tpl = $json->{event};
+
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@erin:remote.test?ver=10");
+my $gen_tpl = $json->{event};
+
+sub send_join_of {
+    my ($tpl, %change) = @_;
+    my $ev = decode_json(encode_json($tpl));
+    @$ev{keys %change} = values %change;
+    my $signed = $fake->sign_event('remote.test', '10', $ev);
+    return fed('PUT', "/_matrix/federation/v2/send_join/$ev->{room_id}/$signed->{event_id}",
+               $signed->{event});
+}
+
+($status, $json, $body) = send_join_of($gen_tpl, prev_events => $random_tpl->{prev_events});
+is $status, 400, 'a join naming another room\'s event as its previous: 400' or diag $body;
+
+($status, $json, $body) = send_join_of($gen_tpl, auth_events => $random_tpl->{auth_events});
+is $status, 403, 'a join citing another room\'s auth events: 403' or diag $body;
+
+($status, $json, $body) = send_join_of($gen_tpl, depth => 9007199254740991);
+is $status, 400, 'a join with an absurd depth: 400' or diag $body;
+
+($status, $json, $body) = send_join_of($gen_tpl, auth_events => [$gen_tpl->{auth_events}[0]]);
+is $status, 403, 'a join citing only the create event (no join rules: invite-only): 403'
+    or diag $body;
+
+($status, $json, $body) = send_join_of($gen_tpl, prev_events => [('$x') x 21]);
+is $status, 400, 'a join with 21 prev_events: 400';
+
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@erin:remote.test?ver=10");
+is $json->{event}{depth}, $gen_tpl->{depth}, 'none of those changed the room';
+
+($status) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?v=%00&limit=5");
+is $status, 400, 'backfill from "\\0": 400';
+
+($status) = fed('POST', "/_matrix/federation/v1/get_missing_events/$ROOM",
+                { earliest_events => ["\$a\x{0}b"], latest_events => [] });
+is $status, 400, 'get_missing_events with a NUL in an event ID: 400';
+
+# --- bans and server ACLs, set in the room as its moderators would -----------
+
+my $room_nid = $pg->psql(qq{SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '$RANDOM'});
+
+sub put_state {
+    my ($id, $type, $key, $content, $membership) = @_;
+    my $pdu = encode_json({ type => $type, state_key => $key, room_id => $RANDOM,
+                            sender => '@_matrix:module.test', content => $content,
+                            depth => 1, origin_server_ts => 1, prev_events => [],
+                            auth_events => [], hashes => { sha256 => 'x' },
+                            signatures => {} });
+    my $rec = encode_json([{ event_id => $id, type => $type, state_key => $key,
+                             sender => '@_matrix:module.test', depth => 1, ts => 1,
+                             prev => [], auth => [], pdu => $pdu,
+                             $membership ? (membership => $membership) : () }]);
+    $rec =~ s/'/''/g;
+    $pg->psql("SET search_path = matrix, matrix_silo; SELECT matrix_append_events($room_nid, '$rec'::jsonb)");
+}
+
+put_state('$ban', 'm.room.member', '@banned:remote.test', { membership => 'ban' }, 'ban');
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$RANDOM/\@banned:remote.test?ver=10");
+is $status, 403, 'make_join of a banned user: 403';
+like $json->{error}, qr/banned/, 'says so';
+
+put_state('$acl', 'm.room.server_acl', '', { allow => ['*'], deny => ['remote.test'],
+                                               allow_ip_literals => JSON::PP::false });
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$RANDOM/\@frank:remote.test?ver=10");
+is $status, 403, 'make_join from a server the room\'s ACL denies: 403';
+like $json->{error}, qr/ACL/, 'says so';
 
 unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]/, 'no alerts';
 
