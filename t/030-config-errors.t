@@ -550,3 +550,55 @@ location /t { return 204; }
 --- request
 GET /t
 --- error_code: 204
+
+
+=== TEST 47: matrix_room_version: unknown
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_room_version 99;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*unknown room version \"99\" in "matrix_room_version" \(rooms this server creates: 6 to 11\)/
+
+
+
+=== TEST 48: matrix_room_version: too old
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_room_version 5;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*unsupported room version \"5\" in "matrix_room_version" \(rooms this server creates: 6 to 11\)/
+
+
+
+=== TEST 49: matrix_room_version: 12 names rooms by their create event
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_room_version 12;
+--- config
+location /_matrix/ { matrix; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*unsupported room version \"12\" in "matrix_room_version" \(rooms this server creates: 6 to 11\)/
+
+
+
+=== TEST 50: matrix_room_version 11 and matrix_room_history 0 are fine
+--- http_config
+matrix_server_name example.org;
+matrix_signing_key $TEST_NGINX_MATRIX_KEY;
+matrix_room_version 11;
+matrix_room_history 0;
+--- config
+location /t { return 204; }
+--- request
+GET /t
+--- error_code: 204
