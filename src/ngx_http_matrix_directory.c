@@ -155,7 +155,9 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_directory_stmt =
  * one row of those two.
  *
  * silo border: all public rooms are read and sorted (docs/silo-contract.md,
- * "rooms"); member_count NULL is counted in room_members by room_id.
+ * "rooms"); member_count NULL is counted in room_members by room_id.  The
+ * members are the silo's and the other servers' users joined in Matrix
+ * ($1 is this server's name: its users are the silo's, counted already).
  */
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_public_rooms_stmt =
@@ -164,7 +166,13 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_public_rooms_stmt =
             "SELECT r.room_id, r.alias, r.name, r.topic, r.avatar_url, "
                    "greatest(coalesce(r.member_count, "
                        "(SELECT count(*) FROM room_members rm "
-                         "WHERE rm.room_id = r.room_id)), 0) AS members "
+                         "WHERE rm.room_id = r.room_id)), 0) "
+                   "+ (SELECT count(*) FROM matrix_rooms m "
+                       "JOIN room_state s ON s.room_nid = m.room_nid "
+                      "WHERE m.silo_room_id = r.room_id "
+                        "AND s.membership = 'join' "
+                        "AND substr(s.state_key, strpos(s.state_key, ':') + 1) "
+                            "<> $1::text) AS members "
               "FROM rooms r "
              "WHERE r.is_public IS TRUE AND r.room_id IS NOT NULL "
                "AND ($8::text IS NULL OR r.name ILIKE $8::text "
@@ -867,11 +875,6 @@ ngx_http_matrix_rooms_chunk(ngx_http_matrix_ctx_t *ctx, PGresult *res,
     if (room == NULL) {
         return NULL;
     }
-
-    /*
-     * num_joined_members counts the silo's members only: Matrix users
-     * who joined from other servers are to be added once joins exist.
-     */
 
     if (!PQgetisnull(res, row, NGX_HTTP_MATRIX_ROOMS_NAME)) {
         json_object_set_new(room, "name",

@@ -678,11 +678,18 @@ ngx_http_matrix_room_version(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     v = mx_room_version_find((char *) value[1].data, value[1].len);
 
-    if (v == NULL || !v->supported) {
+    /*
+     * Room IDs of version 12 are the create event's hash: this server
+     * names its rooms before it makes them, so it creates 6 to 11 (and
+     * joins others' rooms of any supported version).
+     */
+
+    if (v == NULL || !v->supported || v->room_id_from_create) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s room version \"%V\" in \"%V\" (supported: "
-                           "6 to 12)", v ? "unsupported" : "unknown",
-                           &value[1], &cmd->name);
+                           "%s room version \"%V\" in \"%V\" (rooms this "
+                           "server creates: 6 to 11)",
+                           v ? "unsupported" : "unknown", &value[1],
+                           &cmd->name);
         return NGX_CONF_ERROR;
     }
 

@@ -251,6 +251,12 @@ is eventually($MEMBER, 1), 1, 'the silo has carol as a member of General'
 is eventually('SELECT count(*) FROM matrix.silo_outbox', 0), 0,
    'and the outbox is empty again';
 
+my $silo_members = $pg->psql(q{SELECT member_count FROM matrix_silo.rooms WHERE room_id = '1'});
+($status, $json) = fed('GET', '/_matrix/federation/v1/publicRooms');
+my ($listed) = grep { $_->{room_id} eq $ROOM } @{ $json->{chunk} || [] };
+is $listed && $listed->{num_joined_members}, $silo_members + 1,
+   "publicRooms counts the silo's $silo_members members and carol";
+
 ($status, $json, $body) = fed('PUT', "/_matrix/federation/v1/send_join/$ROOM/$join_id", $join);
 is $status, 200, 'send_join v1 with the same event: 200 (a join again)';
 is ref $json, 'ARRAY', 'v1: [200, {...}]';
