@@ -136,10 +136,19 @@ sub fed {
     return ($status, $json, $body);
 }
 
-my $ROOM = '!general:module.test';
 my $USER = '@carol:remote.test';
 
+# the walk starts where a user does: #general:module.test
 my ($status, $json, $body) = fed('GET',
+    '/_matrix/federation/v1/query/directory?room_alias=%23general%3Amodule.test');
+is $status, 200, 'query/directory: 200';
+$spec->valid_ok('server-server', 'GET', '/_matrix/federation/v1/query/directory',
+    $status, $body, 'query/directory matches the spec');
+my $ROOM = $json->{room_id};
+is $ROOM, '!general:module.test', 'the alias names the room';
+is_deeply $json->{servers}, ['module.test'], 'on this server';
+
+($status, $json, $body) = fed('GET',
     "/_matrix/federation/v1/make_join/$ROOM/$USER?ver=9&ver=10");
 is $status, 200, 'make_join: 200' or diag $body;
 is $json->{room_version}, '10', 'the room version';
@@ -280,8 +289,9 @@ $spec->valid_ok('server-server', 'GET', "/_matrix/federation/v1/state/$ROOM",
     $status, $body, 'state matches the spec');
 events_ok($json->{pdus}, 'state');
 
-($status) = fed('GET', "/_matrix/federation/v1/state/$ROOM");
+($status, $json) = fed('GET', "/_matrix/federation/v1/state/$ROOM");
 is $status, 400, 'state without event_id: 400';
+is $json->{errcode}, 'M_MISSING_PARAM', 'M_MISSING_PARAM';
 
 # backfill to the first event of the room
 my @all;
@@ -309,8 +319,9 @@ is $texts[-1]{content}{body}, $first, 'the oldest message is the silo\'s first';
 is $status, 200, 'backfill from an event not of the room: 200';
 is_deeply $json->{pdus}, [], 'and nothing';
 
-($status) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?limit=10");
+($status, $json) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?limit=10");
 is $status, 400, 'backfill without v: 400';
+is $json->{errcode}, 'M_MISSING_PARAM', 'M_MISSING_PARAM';
 
 # get_missing_events
 my $create_id = $pg->psql(qq{SELECT event_id FROM matrix.events e JOIN matrix.matrix_rooms r
@@ -461,6 +472,13 @@ is $status, 400, 'a join with 21 prev_events: 400';
 
 ($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@erin:remote.test?ver=10");
 is $json->{event}{depth}, $gen_tpl->{depth}, 'none of those changed the room';
+
+# carol is back in General (the silo-down case): she may read it, but an
+# event of the second room gives nothing from the first
+my $other = uri_escape($random_tpl->{prev_events}[0]);
+($status, $json) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?v=$other&limit=10");
+is $status, 200, 'backfill from an event of another room: 200';
+is_deeply $json->{pdus}, [], 'and nothing';
 
 ($status) = fed('GET', "/_matrix/federation/v1/backfill/$ROOM?v=%00&limit=5");
 is $status, 400, 'backfill from "\\0": 400';
