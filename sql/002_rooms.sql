@@ -78,9 +78,15 @@ CREATE INDEX silo_outbox_due ON silo_outbox (next_attempt_ts);
 -- array).  An event already stored is left as it is.  Returns the nids,
 -- in the same order, NULL for an event refused (see below).
 
+-- Its lookups are by key, one row each, and must stay so however the
+-- planner sees the tables: while a room is made, thousands of events are
+-- appended in one transaction to a table whose statistics say it is
+-- empty, and a sequential scan per lookup would make that quadratic.
+
 CREATE FUNCTION matrix_append_events(p_room_nid integer, p_events jsonb)
 RETURNS SETOF bigint
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $fn$
 DECLARE
     e      jsonb;
@@ -100,16 +106,18 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- the events it names, of this room only, one index lookup each
-        prev := ARRAY(SELECT (SELECT ev.nid FROM events ev
-                               WHERE ev.event_id = i.id
-                                 AND ev.room_nid = p_room_nid)
+        -- the events it names, of this room only, one lookup each by the
+        -- unique event ID (the room is checked on the row found, so that
+        -- no plan walks the room's events looking for the ID)
+        prev := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
+                                          THEN ev.nid END
+                                FROM events ev WHERE ev.event_id = i.id)
                         FROM jsonb_array_elements_text(e -> 'prev')
                              WITH ORDINALITY AS i(id, ord)
                        ORDER BY i.ord);
-        auth := ARRAY(SELECT (SELECT ev.nid FROM events ev
-                               WHERE ev.event_id = i.id
-                                 AND ev.room_nid = p_room_nid)
+        auth := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
+                                          THEN ev.nid END
+                                FROM events ev WHERE ev.event_id = i.id)
                         FROM jsonb_array_elements_text(e -> 'auth')
                              WITH ORDINALITY AS i(id, ord)
                        ORDER BY i.ord);
