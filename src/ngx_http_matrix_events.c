@@ -717,6 +717,13 @@ ngx_http_matrix_events_reply(ngx_http_request_t *r,
         ngx_http_matrix_room_pdus_compact(pdus);
     }
 
+    if (ev->what == NGX_HTTP_MATRIX_EVENT && json_array_size(pdus) == 0) {
+        json_decref(pdus);
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND",
+                                          "The event cannot be served");
+    }
+
     switch (ev->what) {
 
     case NGX_HTTP_MATRIX_STATE:

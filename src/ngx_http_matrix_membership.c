@@ -513,14 +513,16 @@ ngx_http_matrix_send_opened(ngx_http_request_t *r,
         return ngx_http_matrix_forbidden(r, "The event is not signed");
     }
 
-    if (json_array_size(json_object_get(op->ctx->body, "prev_events"))
-        > NGX_HTTP_MATRIX_PREV_MAX
+    if (json_array_size(json_object_get(op->ctx->body, "prev_events")) == 0
+        || json_array_size(json_object_get(op->ctx->body, "prev_events"))
+           > NGX_HTTP_MATRIX_PREV_MAX
         || json_array_size(json_object_get(op->ctx->body, "auth_events"))
            > NGX_HTTP_MATRIX_AUTH_MAX)
     {
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                          "M_BAD_JSON", "Too many prev_events "
-                                          "or auth_events");
+                                          "M_BAD_JSON", "No prev_events, or "
+                                          "too many prev_events or "
+                                          "auth_events");
     }
 
     if (mx_event_from_json(op->ctx->body, op->version, &ev, &err) != MX_OK) {

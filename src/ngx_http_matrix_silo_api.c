@@ -370,6 +370,7 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     ngx_url_t                    *u;
     ngx_str_t                     path;
     const char                   *membership, *user_id, *name, *sender;
+    const char                   *avatar;
     ngx_http_matrix_main_conf_t  *mmcf;
 
     mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
@@ -393,24 +394,47 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     {
         ngx_str_set(&path, "memberships/");
 
-        body = json_pack("{s:s,s:{s:s,s:s?,s:n},s:s,s:O}",
+        /*
+         * The sender's profile as the member event has it: a field the
+         * event leaves out is left out (the silo keeps what it has), an
+         * avatar only when it is one the silo can show.
+         */
+
+        body = json_pack("{s:s,s:{s:s,s:s*},s:s,s:O}",
                          "room_id", (char *) row->silo_room_id.data,
                          "sender", "user_id", user_id, "displayname", name,
-                         "avatar_url",
                          "membership", membership,
                          "ts", json_object_get(pdu, "origin_server_ts"));
+
+        avatar = json_string_value(json_object_get(content, "avatar_url"));
+
+        if (body && avatar && ngx_strncmp(avatar, "https://", 8) == 0) {
+            json_object_set_new(json_object_get(body, "sender"),
+                                "avatar_url", json_string(avatar));
+        }
 
     } else if (ngx_strcmp(row->kind.data, "invite") == 0 && sender
                && row->silo_user_id.len)
     {
         ngx_str_set(&path, "invites/");
 
-        body = json_pack("{s:s,s:s?,s:{s:s,s:n,s:n},s:s,s:O}",
+        /* what the contract allows: another server wrote the name */
+        if (row->room_name.len > 255) {
+            len = 255;
+
+            while (len && (row->room_name.data[len] & 0xc0) == 0x80) {
+                len--;
+            }
+
+            row->room_name.data[len] = '\0';
+            row->room_name.len = len;
+        }
+
+        body = json_pack("{s:s,s:s?,s:{s:s},s:s,s:O}",
                          "room_id", (char *) row->silo_room_id.data,
                          "room_name", row->room_name.len
                                       ? (char *) row->room_name.data : NULL,
-                         "sender", "user_id", sender, "displayname",
-                         "avatar_url",
+                         "sender", "user_id", sender,
                          "user_id", (char *) row->silo_user_id.data,
                          "ts", json_object_get(pdu, "origin_server_ts"));
     }

@@ -424,6 +424,13 @@ is eventually(q{SELECT inviter || ' ' || matrix_room_id || ' ' || room_name
    '@carol:remote.test !elsewhere:remote.test Elsewhere',
    'the silo has the invite for alice';
 
+my $planted = decode_json(encode_json($inv_event->{event}));
+$planted->{signatures}{'module.test'} = { 'ed25519:old' => 'AAAA' };
+($status, $json) = fed('PUT', $INV, { %$invite, event => $planted });
+is $status, 200, 'an invite with a signature planted under our name: 200';
+is_deeply [keys %{ $json->{event}{signatures}{'module.test'} }], ['ed25519:1'],
+    'only our real signature is under our name';
+
 ($status) = fed('PUT', $INV, $invite);
 is $status, 200, 'the same invite again: 200';
 is $pg->psql('SELECT count(*) FROM matrix.invites'), 1, 'kept once';
@@ -469,6 +476,9 @@ is $status, 403, 'a join citing only the create event (no join rules: invite-onl
 
 ($status, $json, $body) = send_join_of($gen_tpl, prev_events => [('$x') x 21]);
 is $status, 400, 'a join with 21 prev_events: 400';
+
+($status, $json, $body) = send_join_of($gen_tpl, prev_events => []);
+is $status, 400, 'a join with no prev_events: 400';
 
 ($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@erin:remote.test?ver=10");
 is $json->{event}{depth}, $gen_tpl->{depth}, 'none of those changed the room';
