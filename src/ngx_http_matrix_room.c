@@ -31,6 +31,10 @@
 
 
 typedef struct {
+    ngx_queue_t                     maker;     /* in the worker's makers */
+    ngx_queue_t                     waiters;   /* for the same room */
+    ngx_str_t                       nid;
+
     json_t                         *silo;
     json_t                         *records;
     json_t                         *joined;    /* localpart: member event */
@@ -48,8 +52,23 @@ typedef struct {
 } ngx_http_matrix_room_making_t;
 
 
+/* a request of this worker waiting for another one making its room */
+typedef struct {
+    ngx_queue_t                     queue;
+    ngx_http_matrix_room_op_t      *op;
+    ngx_event_t                     wake;
+} ngx_http_matrix_room_waiter_t;
+
+
 static ngx_int_t ngx_http_matrix_room_found(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_room_wait(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *maker);
+static void ngx_http_matrix_room_woken(ngx_event_t *ev);
+static ngx_int_t ngx_http_matrix_room_rechecked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static void ngx_http_matrix_room_waiter_cleanup(void *data);
+static void ngx_http_matrix_room_wake(ngx_http_matrix_room_making_t *mk);
 static ngx_int_t ngx_http_matrix_room_locked(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_room_checked(ngx_http_request_t *r,
@@ -95,6 +114,14 @@ static ngx_int_t ngx_http_matrix_hex_to_b64(const char *hex, char *b64,
 
 
 /* ngx_http_matrix_pg_stmt_t are static: prepared once per connection */
+
+/*
+ * Per worker: the rooms whose events this worker is making.  Another
+ * request of the worker for the same room waits here, without a
+ * database connection, rather than on the room's row lock with one.
+ */
+static ngx_queue_t  ngx_http_matrix_room_makers;
+
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_room_lookup =
     ngx_http_matrix_pg_stmt(
@@ -245,6 +272,7 @@ ngx_int_t
 ngx_http_matrix_room_make_events(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_step_pt next)
 {
+    ngx_queue_t                    *q;
     ngx_http_request_t             *r;
     ngx_pool_cleanup_t             *cln;
     ngx_http_matrix_room_making_t  *mk;
@@ -262,6 +290,23 @@ ngx_http_matrix_room_make_events(ngx_http_matrix_room_op_t *op,
                                           "M_NOT_FOUND", "Unknown room");
     }
 
+    if (ngx_http_matrix_room_makers.next == NULL) {
+        ngx_queue_init(&ngx_http_matrix_room_makers);
+    }
+
+    for (q = ngx_queue_head(&ngx_http_matrix_room_makers);
+         q != ngx_queue_sentinel(&ngx_http_matrix_room_makers);
+         q = ngx_queue_next(q))
+    {
+        mk = ngx_queue_data(q, ngx_http_matrix_room_making_t, maker);
+
+        if (mk->nid.len == op->nid.len
+            && ngx_strncmp(mk->nid.data, op->nid.data, op->nid.len) == 0)
+        {
+            return ngx_http_matrix_room_wait(op, mk);
+        }
+    }
+
     mk = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_room_making_t));
     if (mk == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -275,9 +320,125 @@ ngx_http_matrix_room_make_events(ngx_http_matrix_room_op_t *op,
     cln->handler = ngx_http_matrix_room_making_cleanup;
     cln->data = mk;
 
+    mk->nid = op->nid;
+    ngx_queue_init(&mk->waiters);
+    ngx_queue_insert_tail(&ngx_http_matrix_room_makers, &mk->maker);
+
     op->making = mk;
 
     return ngx_http_matrix_room_begin(op, ngx_http_matrix_room_locked);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_wait(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_making_t *maker)
+{
+    ngx_pool_cleanup_t             *cln;
+    ngx_http_matrix_room_waiter_t  *w;
+
+    w = ngx_pcalloc(op->r->pool, sizeof(ngx_http_matrix_room_waiter_t));
+    if (w == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(op->r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_room_waiter_cleanup;
+    cln->data = w;
+
+    w->op = op;
+    w->wake.handler = ngx_http_matrix_room_woken;
+    w->wake.data = w;
+    w->wake.log = op->r->connection->log;
+
+    ngx_queue_insert_tail(&maker->waiters, &w->queue);
+
+    return NGX_DONE;
+}
+
+
+/* the maker is done, or gone: whether the room now has its events */
+
+static void
+ngx_http_matrix_room_woken(ngx_event_t *ev)
+{
+    ngx_int_t                       rc;
+    ngx_http_matrix_room_op_t      *op;
+    ngx_http_matrix_room_waiter_t  *w;
+
+    w = ev->data;
+    op = w->op;
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_room_lookup,
+                                  &op->room_id, 1,
+                                  ngx_http_matrix_room_rechecked);
+
+    ngx_http_matrix_room_continue(op, rc);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_room_rechecked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    PGresult  *res;
+
+    res = op->q->result;
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND,
+                                          "M_NOT_FOUND", "Unknown room");
+    }
+
+    op->created = (PQgetvalue(res, 0, 3)[0] == 't');
+
+    /* made: on with the route; not (the maker failed): make it */
+
+    return ngx_http_matrix_room_make_events(op, op->then);
+}
+
+
+static void
+ngx_http_matrix_room_waiter_cleanup(void *data)
+{
+    ngx_http_matrix_room_waiter_t  *w = data;
+
+    if (w->queue.next != NULL) {
+        ngx_queue_remove(&w->queue);
+        w->queue.next = NULL;
+    }
+
+    if (w->wake.posted) {
+        ngx_delete_posted_event(&w->wake);
+    }
+}
+
+
+static void
+ngx_http_matrix_room_wake(ngx_http_matrix_room_making_t *mk)
+{
+    ngx_queue_t                    *q;
+    ngx_http_matrix_room_waiter_t  *w;
+
+    if (mk->maker.next == NULL) {
+        return;
+    }
+
+    ngx_queue_remove(&mk->maker);
+    mk->maker.next = NULL;
+
+    while (!ngx_queue_empty(&mk->waiters)) {
+        q = ngx_queue_head(&mk->waiters);
+        ngx_queue_remove(q);
+        q->next = NULL;
+
+        w = ngx_queue_data(q, ngx_http_matrix_room_waiter_t, queue);
+        ngx_post_event(&w->wake, &ngx_posted_events);
+    }
 }
 
 
@@ -301,6 +462,7 @@ ngx_http_matrix_room_checked(ngx_http_request_t *r,
 
     if (PQntuples(op->q->result) == 1 && !PQgetisnull(op->q->result, 0, 0)) {
         op->created = 1;
+        ngx_http_matrix_room_wake(op->making);
         return ngx_http_matrix_room_commit(op, op->then);
     }
 
@@ -817,6 +979,8 @@ ngx_http_matrix_room_created(ngx_http_request_t *r,
     mk = op->making;
     op->created = 1;
 
+    ngx_http_matrix_room_wake(mk);
+
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "matrix room \"%V\": made from silo room \"%V\", "
                   "%uz messages of history", &op->room_id, &op->silo_room_id,
@@ -830,6 +994,9 @@ static void
 ngx_http_matrix_room_making_cleanup(void *data)
 {
     ngx_http_matrix_room_making_t  *mk = data;
+
+    /* gone before it was done: whoever waits makes the room itself */
+    ngx_http_matrix_room_wake(mk);
 
     json_decref(mk->silo);
     json_decref(mk->records);

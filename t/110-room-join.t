@@ -445,6 +445,24 @@ is $status, 404, 'an invite for a user the silo does not have: 404';
 # --- events that name what they should not -------------------------------------
 
 my $RANDOM = '!random:module.test';
+
+# six servers' users at once into a room not made yet: one makes it, the
+# others of the worker wait for it (not on its row lock, with a
+# connection each), and all get a template on the same room
+my @socks = map {
+    my $uri = "/_matrix/federation/v1/make_join/$RANDOM/\@u$_:remote.test?ver=10";
+    $ngx->send_request('GET', $uri, undef,
+        Authorization => $fake->x_matrix('remote.test', method => 'GET', uri => $uri,
+                                         destination => 'module.test'))
+} 1 .. 6;
+my @tpls = map { my ($st, $h, $b) = $ngx->read_response($_); [$st, eval { decode_json($b) }] } @socks;
+is scalar(grep { $_->[0] == 200 } @tpls), 6, 'six make_joins at once into a new room: all 200';
+is scalar(keys %{{ map { ($_->[1]{event}{prev_events}[0] // '') => 1 } @tpls }}), 1,
+   'all on the same head';
+is $pg->psql(q{SELECT count(*) FROM matrix.events e JOIN matrix.matrix_rooms r
+                USING (room_nid) WHERE r.room_id = '!random:module.test'
+                  AND e.type = 'm.room.create'}), 1, 'the room was made once';
+
 ($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$RANDOM/\@erin:remote.test?ver=10");
 is $status, 200, 'make_join into a second room';
 my $random_tpl = $json->{event};
