@@ -51,6 +51,7 @@ static ngx_http_matrix_route_t  *ngx_http_matrix_route_tables[] = {
     ngx_http_matrix_events_routes,
     ngx_http_matrix_invite_routes,
     ngx_http_matrix_directory_routes,
+    ngx_http_matrix_send_routes,
     NULL
 };
 

@@ -47,6 +47,7 @@ extern ngx_http_matrix_route_t  ngx_http_matrix_membership_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_events_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_invite_routes[];
 extern ngx_http_matrix_route_t  ngx_http_matrix_directory_routes[];
+extern ngx_http_matrix_route_t  ngx_http_matrix_send_routes[];
 
 
 #endif /* _NGX_HTTP_MATRIX_ROUTER_H_INCLUDED_ */

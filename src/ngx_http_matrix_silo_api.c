@@ -40,6 +40,8 @@ typedef struct {
     ngx_str_t                       event_id;
     ngx_str_t                       silo_user_id;  /* of an invite */
     ngx_str_t                       room_name;     /* of an invite */
+    ngx_str_t                       context;       /* of a message, edit,
+                                                      deletion: JSON */
 } ngx_http_matrix_silo_row_t;
 
 
@@ -61,6 +63,8 @@ static void ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa);
 static ngx_int_t ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr);
+static json_t *ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row,
+    json_t *pdu, ngx_str_t *path);
 static void ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa,
     ngx_uint_t done, ngx_str_t *why);
@@ -79,7 +83,9 @@ static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
  * its write needs: the event, the
  * silo's room (of a membership), the silo's user (of an invite: the
  * users view by the invitee's localpart) and the room's name as the
- * inviting server described it.
+ * inviting server described it; of a message, edit or deletion, its
+ * sender's display name and the silo messages its relations name
+ * (matrix_outbox_context()).
  */
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
@@ -102,7 +108,10 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
         "split_part(substr(i.invitee, 2), ':', 1)), "
         "(SELECT s -> 'content' ->> 'name' "
         "FROM jsonb_array_elements(i.invite_room_state) s "
-        "WHERE s ->> 'type' = 'm.room.name' LIMIT 1) "
+        "WHERE s ->> 'type' = 'm.room.name' LIMIT 1), "
+        "CASE WHEN c.kind IN ('message', 'edit', 'deletion') THEN "
+        "matrix_outbox_context(c.room_nid, (SELECT e.pdu FROM events e "
+        "WHERE e.event_id = c.event_id))::text END "
         "FROM c LEFT JOIN invites i ON c.kind = 'invite' "
         "AND i.event_id = c.event_id ORDER BY c.seq", 3);
 
@@ -288,11 +297,13 @@ ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
         ngx_http_matrix_silo_copy(sa->pool, &r->event_id, res, row, 5);
         ngx_http_matrix_silo_copy(sa->pool, &r->silo_user_id, res, row, 6);
         ngx_http_matrix_silo_copy(sa->pool, &r->room_name, res, row, 7);
+        ngx_http_matrix_silo_copy(sa->pool, &r->context, res, row, 8);
 
         if (r->nid.data == NULL || r->attempts.data == NULL
             || r->kind.data == NULL || r->silo_room_id.data == NULL
             || r->pdu.data == NULL || r->event_id.data == NULL
-            || r->silo_user_id.data == NULL || r->room_name.data == NULL)
+            || r->silo_user_id.data == NULL || r->room_name.data == NULL
+            || r->context.data == NULL)
         {
             ngx_http_matrix_silo_pass_end(sa);
             return;
@@ -356,6 +367,8 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
  *   PUT memberships/{event_id} {"room_id", "sender", "membership", "ts"}
  *   PUT invites/{event_id} {"room_id" (Matrix), "room_name", "sender",
  *                           "user_id" (the silo's), "ts"}
+ *   PUT messages/{event_id}, edits/{event_id}, deletions/{event_id}:
+ *       ngx_http_matrix_silo_message()
  */
 
 static ngx_int_t
@@ -437,6 +450,9 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
                          "sender", "user_id", sender,
                          "user_id", (char *) row->silo_user_id.data,
                          "ts", json_object_get(pdu, "origin_server_ts"));
+
+    } else if (row->context.len) {
+        body = ngx_http_matrix_silo_message(row, pdu, &path);
     }
 
     text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -501,6 +517,92 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     hr->data = sa;
 
     return NGX_OK;
+}
+
+
+/*
+ * A message from Matrix, an edit of one (m.replace: the new text from
+ * m.new_content), or a redaction of one, as the silo's write; NULL when
+ * the silo cannot be told (the message it names is not the silo's).
+ */
+
+static json_t *
+ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row, json_t *pdu,
+    ngx_str_t *path)
+{
+    json_t      *ctx, *content, *body, *sender;
+    mx_err_t     err;
+    const char  *html, *format, *target;
+
+    ctx = mx_json_parse((char *) row->context.data, row->context.len, 0,
+                        &err);
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    content = json_object_get(pdu, "content");
+    target = json_string_value(json_object_get(ctx, "target"));
+    body = NULL;
+
+    sender = json_pack("{s:O,s:O,s:n}",
+                       "user_id", json_object_get(pdu, "sender"),
+                       "displayname", json_object_get(ctx, "displayname"),
+                       "avatar_url");
+    if (sender == NULL) {
+        json_decref(ctx);
+        return NULL;
+    }
+
+    if (ngx_strcmp(row->kind.data, "edit") == 0) {
+        content = json_object_get(content, "m.new_content");
+    }
+
+    format = json_string_value(json_object_get(content, "format"));
+    html = (format && ngx_strcmp(format, "org.matrix.custom.html") == 0)
+           ? json_string_value(json_object_get(content, "formatted_body"))
+           : NULL;
+
+    if (ngx_strcmp(row->kind.data, "message") == 0
+        && json_is_string(json_object_get(content, "body")))
+    {
+        ngx_str_set(path, "messages/");
+
+        body = json_pack("{s:s,s:O,s:O,s:s?,s:O,s:O,s:O}",
+                         "room_id", (char *) row->silo_room_id.data,
+                         "sender", sender,
+                         "body", json_object_get(content, "body"),
+                         "html", html,
+                         "ts", json_object_get(pdu, "origin_server_ts"),
+                         "reply_to", json_object_get(ctx, "reply_to"),
+                         "thread_root", json_object_get(ctx, "thread_root"));
+
+    } else if (ngx_strcmp(row->kind.data, "edit") == 0 && target
+               && json_is_string(json_object_get(content, "body")))
+    {
+        ngx_str_set(path, "edits/");
+
+        body = json_pack("{s:s,s:s,s:O,s:O,s:s?,s:O}",
+                         "room_id", (char *) row->silo_room_id.data,
+                         "message_id", target,
+                         "sender", sender,
+                         "body", json_object_get(content, "body"),
+                         "html", html,
+                         "ts", json_object_get(pdu, "origin_server_ts"));
+
+    } else if (ngx_strcmp(row->kind.data, "deletion") == 0 && target) {
+        ngx_str_set(path, "deletions/");
+
+        body = json_pack("{s:s,s:s,s:O,s:O}",
+                         "room_id", (char *) row->silo_room_id.data,
+                         "message_id", target,
+                         "sender", sender,
+                         "ts", json_object_get(pdu, "origin_server_ts"));
+    }
+
+    json_decref(sender);
+    json_decref(ctx);
+
+    return body;
 }
 
 

@@ -1,0 +1,416 @@
+# Transactions pushed to us: PUT /_matrix/federation/v1/send/{txnId} from a
+# fake homeserver (python3-signedjson) whose user carol has joined a silo
+# room, and what the reference silo (examples/silo) gets of it through its
+# internal API: messages, formatted, replies, threads, edits, redactions;
+# idempotent transactions, per-PDU errors, rejection, soft failure, the
+# content hash, and delivery after the silo has been away.
+
+use strict;
+use warnings;
+
+use Test::More;
+use JSON::PP;
+use FindBin;
+
+use MatrixPg;
+use MatrixNginx;
+use MatrixFakeHS;
+use MatrixDNS;
+use MatrixTest;
+use MatrixSpec;
+use IPC::Run qw(start);
+use HTTP::Tiny;
+use Time::HiRes qw(sleep);
+
+plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
+plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
+plan skip_all => 'MATRIX_TOOL is not set' unless $ENV{MATRIX_TOOL};
+plan skip_all => MatrixSpec::skip_reason() if MatrixSpec::skip_reason();
+
+my $spec = MatrixSpec->start;
+my $KEYS = { 'module.test' => { 'ed25519:1' => $MatrixTest::SPEC_PUBLIC_KEY } };
+
+my $SILO = "$FindBin::Bin/../examples/silo";
+my $JSON = JSON::PP->new->canonical;
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<:raw', $path or die "$path: $!";
+    local $/;
+    return scalar <$fh>;
+}
+
+my $pg = MatrixPg->start;
+$pg->psql(slurp("$SILO/schema.sql"));
+$pg->psql(slurp("$SILO/seed.sql"));
+system($ENV{MATRIX_TOOL}, 'migrate', $pg->conninfo) == 0
+    or BAIL_OUT('matrix-tool migrate failed');
+$pg->psql(slurp("$SILO/matrix.sql"));
+
+# the reference silo's own server, for its internal API
+my $TOKEN = 'silo-test-token-' . ('q9' x 12);
+my $token_file = MatrixTest::write_file("$pg->{dir}/silo.token", "$TOKEN\n", 0600);
+my $silo_port = MatrixNginx::_free_port();
+my $silo_log = '';
+my @silo_cmd = ('/usr/bin/python3', "$SILO/silo.py", '--dsn', $pg->conninfo,
+                '--listen', "127.0.0.1:$silo_port",
+                '--internal-token-file', $token_file);
+
+sub silo_start {
+    my $h = start \@silo_cmd, '<', \undef, '>&', \$silo_log;
+    for (1 .. 200) {
+        $h->pump_nb;
+        return $h if HTTP::Tiny->new(timeout => 2)
+                         ->get("http://127.0.0.1:$silo_port/healthz")->{status} == 200;
+        sleep 0.1;
+    }
+    BAIL_OUT("silo.py did not start: $silo_log");
+}
+
+my $silo = silo_start();
+END { local $?; $silo->kill_kill(grace => 3) if $silo && $silo->pumpable }
+
+# polls SQL until it gives WANT (10 s at most)
+sub eventually {
+    my ($sql, $want) = @_;
+    my $got;
+    for (1 .. 100) {
+        $got = $pg->psql($sql);
+        return $got if $got eq $want;
+        sleep 0.1;
+    }
+    return $got;
+}
+
+my $fake = MatrixFakeHS->start(names => ['remote.test']);
+my $dns = MatrixDNS->start(records => {
+    'remote.test' => { A => '127.0.0.1' },
+    '_matrix-fed._tcp.remote.test' => { SRV => [[10, 5, $fake->port, 'remote.test']] },
+});
+
+my $ngx = MatrixNginx->start(http => <<"EOF",
+    matrix_server_name module.test;
+    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
+    matrix_postgres "@{[ $pg->conninfo ]}" max=4 timeout=10s;
+    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
+    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
+    matrix_federation_allow_ip 127.0.0.0/8;
+    client_body_buffer_size 1m;
+    matrix_silo_api http://127.0.0.1:$silo_port/internal/matrix/ token_file=$token_file;
+EOF
+    server => '        location /_matrix/ { matrix; }');
+
+# the silo's rooms get their IDs from the directory; here, by hand
+$pg->psql(q{INSERT INTO matrix.matrix_rooms (room_id, silo_room_id, room_version)
+            VALUES ('!general:module.test', '1', '10'),
+                   ('!random:module.test', '2', '10'),
+                   ('!private:module.test', '3', '10')});
+
+# every event this server serves: hash, signature and event ID as an
+# independent implementation (t/tools/mx_event.py) sees them
+sub events_ok {
+    my ($events, $name, $ids) = @_;
+    my ($bad, $i) = (0, 0);
+    for my $ev (@$events) {
+        my $c = $fake->check_event('10', $ev, $KEYS);
+        my $want_id = $ids ? $ids->[$i] : undef;
+        if (!$c->{signatures_ok} || !$c->{hash_ok}
+            || (defined $want_id && $c->{event_id} ne $want_id)) {
+            diag "$name: event $i: " . encode_json($c) unless $bad++;
+        }
+        $i++;
+    }
+    is $bad, 0, "$name: every event's hash, signature and ID check out ("
+              . scalar(@$events) . ")";
+}
+
+sub fed {
+    my ($method, $uri, $content) = @_;
+    my $auth = $fake->x_matrix('remote.test', method => $method, uri => $uri,
+                               destination => 'module.test',
+                               defined $content ? (content => $content) : ());
+    my ($status, $head, $body) = $ngx->request($method, $uri,
+        defined $content ? $JSON->encode($content) : undef,
+        Authorization => $auth,
+        defined $content ? ('Content-Type' => 'application/json') : ());
+    my $json = eval { decode_json($body) };
+    return ($status, $json, $body);
+}
+
+my ($status, $json, $body);
+
+my $USER = '@carol:remote.test';
+my $ROOM = '!general:module.test';
+
+# carol joins General: the room's events are made, remote.test is in it
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/$USER?ver=10");
+is $status, 200, 'make_join: 200';
+my $signed = $fake->sign_event('remote.test', '10', $json->{event});
+($status, $json, $body) = fed('PUT',
+    "/_matrix/federation/v2/send_join/$ROOM/$signed->{event_id}", $signed->{event});
+is $status, 200, 'send_join: 200' or diag $body;
+my $CAROL_JOIN = $signed->{event_id};
+
+my $MEMBER = q{SELECT count(*) FROM chat.memberships m JOIN chat.users u
+                 ON u.id = m.user_id
+                WHERE m.room_id = 1 AND u.matrix_user_id = '@carol:remote.test'};
+is eventually($MEMBER, 1), 1, 'the silo has carol in General';
+
+my $RNID = $pg->psql(qq{SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '$ROOM'});
+sub state_id {
+    my ($type, $key) = @_;
+    return scalar $pg->psql(qq{SELECT e.event_id FROM matrix.room_state s JOIN matrix.events e
+                          ON e.nid = s.event_nid
+                         WHERE s.room_nid = $RNID AND s.type = '$type'
+                           AND s.state_key = '$key'});
+}
+my $CREATE = state_id('m.room.create', '');
+my $PL = state_id('m.room.power_levels', '');
+
+# the room's head as the module has it: [prev_events], depth
+sub head {
+    my $h = decode_json(scalar $pg->psql(qq{SELECT jsonb_build_object(
+        'prev', jsonb_agg(e.event_id ORDER BY e.nid), 'depth', max(e.depth) + 1)
+          FROM matrix.forward_extremities f JOIN matrix.events e ON e.nid = f.event_nid
+         WHERE f.room_nid = $RNID}));
+    return ($h->{prev}, $h->{depth});
+}
+
+# an event of SENDER in the room after PREV (default: the head), signed
+sub event {
+    my (%o) = @_;
+    my ($prev, $depth) = head();
+    $prev = $o{prev} if $o{prev};
+    $depth = $o{depth} if $o{depth};
+    my $ev = {
+        type => $o{type} // 'm.room.message',
+        room_id => $o{room_id} // $ROOM,
+        sender => $o{sender} // $USER,
+        origin => 'remote.test',
+        origin_server_ts => int(Time::HiRes::time() * 1000),
+        depth => $depth, prev_events => $prev,
+        auth_events => $o{auth} // [$CREATE, $PL, $CAROL_JOIN],
+        content => $o{content},
+        defined $o{state_key} ? (state_key => $o{state_key}) : (),
+        defined $o{redacts} ? (redacts => $o{redacts}) : (),
+    };
+    my $s = $fake->sign_event('remote.test', '10', $ev);
+    return ($s->{event}, $s->{event_id});
+}
+
+sub text { return { msgtype => 'm.text', body => $_[0] } }
+
+my $txn_n = 0;
+sub send_txn {
+    my ($pdus, %o) = @_;
+    my $txn = $o{txn} // ('t' . ++$txn_n);
+    my $uri = "/_matrix/federation/v1/send/$txn";
+    my ($st, $js, $bd) = fed('PUT', $uri, {
+        origin => $o{origin} // 'remote.test',
+        origin_server_ts => int(Time::HiRes::time() * 1000),
+        pdus => $pdus, $o{edus} ? (edus => $o{edus}) : () });
+    $spec->valid_ok('server-server', 'PUT', $uri, $st, $bd,
+                    "/send $txn matches the spec") if $st == 200;
+    return ($st, $js, $bd);
+}
+
+sub silo_msg {
+    my ($event_id, $cols) = @_;
+    return $pg->psql(qq{SELECT $cols FROM chat.messages WHERE matrix_event_id = '$event_id'});
+}
+
+my $OUTBOX_EMPTY = 'SELECT count(*) FROM matrix.silo_outbox';
+
+# --- a message --------------------------------------------------------------
+
+my ($m1, $id1) = event(content => text('hello from carol'));
+($status, $json, $body) = send_txn([$m1], txn => 'first');
+is $status, 200, '/send: 200' or diag $body;
+is_deeply $json, { pdus => { $id1 => {} } }, 'the PDU is accepted';
+is $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id = '$id1'}), 1,
+   'stored before the answer';
+is eventually(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id = '$id1'}, 1), 1,
+   'the silo has the message' or diag join "\n", grep { /silo/ } split /\n/, $ngx->error_log;
+is silo_msg($id1, 'source'), 'hello from carol', 'with its text';
+is silo_msg($id1, '(SELECT matrix_user_id FROM chat.users u WHERE u.id = user_id)'),
+   $USER, 'as carol\'s virtual user';
+my $silo1 = silo_msg($id1, 'id');
+
+# the same transaction again: the same answer, nothing done
+my ($again_st, $again_json) = send_txn([$m1], txn => 'first');
+is $again_st, 200, 'the same txnId again: 200';
+is_deeply $again_json, $json, 'the same answer';
+my ($m_other) = event(content => text('not this one'));
+($again_st, $again_json) = send_txn([$m_other], txn => 'first');
+is_deeply $again_json, $json, 'even with other PDUs: the stored answer';
+is $pg->psql(q{SELECT count(*) FROM chat.messages WHERE source = 'not this one'}), 0,
+   'and nothing of them done';
+is $pg->psql(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id = '$id1'}), 1,
+   'no second row';
+
+# --- formatted, reply, thread --------------------------------------------------
+
+my ($m2, $id2) = event(content => { msgtype => 'm.text', body => 'bold move',
+    format => 'org.matrix.custom.html', formatted_body => '<strong>bold</strong> move' });
+($status, $json) = send_txn([$m2]);
+is_deeply $json->{pdus}{$id2}, {}, 'a formatted message accepted';
+is eventually(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id = '$id2'}, 1), 1,
+   'delivered';
+like silo_msg($id2, 'html'), qr{<strong>bold</strong>}, 'formatted_body became the html';
+
+my ($m3, $id3) = event(content => { %{ text('a reply') },
+    'm.relates_to' => { 'm.in_reply_to' => { event_id => $id1 } } });
+my ($m4, $id4) = event(prev => [$id3], depth => (head())[1] + 1,
+    content => { %{ text('in the thread') },
+    'm.relates_to' => { rel_type => 'm.thread', event_id => $id1, is_falling_back => JSON::PP::true,
+                        'm.in_reply_to' => { event_id => $id1 } } });
+($status, $json) = send_txn([$m3, $m4]);
+is_deeply $json->{pdus}, { $id3 => {}, $id4 => {} }, 'a reply and a thread message, in one transaction';
+is eventually(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id IN ('$id3', '$id4')}, 2), 2,
+   'both delivered';
+is silo_msg($id3, 'reply_to'), $silo1, 'the reply answers the silo message of its event';
+is silo_msg($id4, 'thread_root'), $silo1, 'the thread message is in the thread of it';
+is silo_msg($id4, 'reply_to'), '', 'a thread fallback is no reply';
+
+# a reply to a message the silo wrote itself (its event rebuilt from the silo)
+my ($silo_ev, $silo_mid) = split /\|/, $pg->psql(qq{SELECT event_id || '|' || silo_message_id
+    FROM matrix.events WHERE room_nid = $RNID AND silo_message_id IS NOT NULL ORDER BY nid DESC LIMIT 1});
+my ($m5, $id5) = event(content => { %{ text('re: yours') },
+    'm.relates_to' => { 'm.in_reply_to' => { event_id => $silo_ev } } });
+send_txn([$m5]);
+is eventually(qq{SELECT coalesce(reply_to::text, 'none') FROM chat.messages WHERE matrix_event_id = '$id5'},
+              $silo_mid), $silo_mid, 'a reply to a silo message names it';
+
+# --- edit, redaction ------------------------------------------------------------
+
+my ($e1, $eid1) = event(content => { %{ text('* hello, edited') },
+    'm.new_content' => text('hello, edited'),
+    'm.relates_to' => { rel_type => 'm.replace', event_id => $id1 } });
+($status, $json) = send_txn([$e1]);
+is_deeply $json->{pdus}{$eid1}, {}, 'an edit accepted';
+is eventually(qq{SELECT source FROM chat.messages WHERE id = $silo1}, 'hello, edited'),
+   'hello, edited', 'the silo message has the new text';
+is $pg->psql(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id = '$eid1'}), 0,
+   'and no message of its own';
+
+my ($r1, $rid1) = event(type => 'm.room.redaction', redacts => $id2, content => {});
+($status, $json) = send_txn([$r1]);
+is_deeply $json->{pdus}{$rid1}, {}, 'a redaction accepted';
+is eventually(qq{SELECT deleted_at IS NOT NULL FROM chat.messages WHERE matrix_event_id = '$id2'}, 't'),
+   't', 'the silo message is deleted';
+is eventually($OUTBOX_EMPTY, 0), 0, 'the outbox is empty';
+
+# --- refusals ---------------------------------------------------------------------
+
+($status, $json) = send_txn([ map { $m1 } 1 .. 51 ]);
+is $status, 400, '51 PDUs: 400';
+is $json->{errcode}, 'M_BAD_JSON', 'M_BAD_JSON';
+($status, $json) = send_txn([], edus => [ map { { edu_type => 'm.typing', content => {} } } 1 .. 101 ]);
+is $status, 400, '101 EDUs: 400';
+($status, $json) = send_txn([$m1], origin => 'elsewhere.test');
+is $status, 400, 'an origin that is not the sender: 400';
+
+($status, $json, $body) = send_txn([], edus => [
+    { edu_type => 'm.typing', content => { room_id => $ROOM, user_id => $USER, typing => JSON::PP::true } },
+    { edu_type => 'm.receipt', content => {} } ]);
+is $status, 200, 'EDUs: 200 (dropped)' or diag $body;
+
+# dave of remote.test is not in the room
+my ($d1, $did1) = event(sender => '@dave:remote.test', content => text('let me in'),
+                        auth => [$CREATE, $PL]);
+# carol may not change the power levels
+my ($p1, $pid1) = event(type => 'm.room.power_levels', state_key => '',
+    content => { users => { $USER => 100 } });
+# a room we do not have, and a good message with them
+my ($u1, $uid1) = event(room_id => '!nope:module.test', content => text('lost'));
+my ($m6, $id6) = event(content => text('still here'));
+($status, $json, $body) = send_txn([$d1, $p1, $u1, $m6]);
+is $status, 200, 'a transaction with bad PDUs: 200' or diag $body;
+like $json->{pdus}{$did1}{error}, qr/rejected/, 'a sender not in the room: rejected';
+like $json->{pdus}{$pid1}{error}, qr/rejected/, 'power levels without the power: rejected';
+is $json->{pdus}{$uid1}{error}, 'unknown room', 'a room we do not have: unknown room';
+is_deeply $json->{pdus}{$id6}, {}, 'the good one of them is accepted';
+is $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id IN ('$did1', '$pid1', '$uid1')}), 0,
+   'none of the bad ones stored';
+is eventually(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id = '$id6'}, 1), 1,
+   'the good one delivered';
+is $pg->psql(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id IN ('$did1', '$pid1')}), 0,
+   'the rejected ones not';
+
+my ($g1, $gid1) = event(prev => ['$notanevent'], content => text('after a gap'));
+($status, $json) = send_txn([$g1]);
+is $json->{pdus}{$gid1}{error}, 'missing prev events', 'prev events we lack: an error (not fetched yet)';
+
+my ($f1, $fid1) = event(content => text('forged'));
+my $forged = $fake->sign_event('remote.test', '10',
+    do { my $t = decode_json(encode_json($f1)); delete @$t{qw(hashes signatures)}; $t },
+    forged => 1);
+($status, $json) = send_txn([$forged->{event}]);
+like $json->{pdus}{$forged->{event_id}}{error}, qr/signature/, 'a bad signature: an error';
+
+# content changed after signing: the signature (of the redacted form) holds,
+# the hash does not: stored redacted, not given to the silo
+my ($h1, $hid1) = event(content => text('original'));
+$h1->{content} = text('tampered');
+($status, $json) = send_txn([$h1]);
+is_deeply $json->{pdus}{$hid1}, {}, 'a wrong content hash: accepted, redacted';
+is $pg->psql(qq{SELECT pdu::jsonb -> 'content' FROM matrix.events WHERE event_id = '$hid1'}), '{}',
+   'stored without its content';
+is eventually($OUTBOX_EMPTY, 0), 0, 'outbox empty';
+is $pg->psql(q{SELECT count(*) FROM chat.messages WHERE source IN ('original', 'tampered')}), 0,
+   'the silo never sees it';
+
+# --- the silo away -------------------------------------------------------------
+
+$silo->kill_kill(grace => 3);
+my @ids;
+for my $n (1 .. 3) {
+    my ($ev, $id) = event(content => text("while away $n"));
+    ($status, $json) = send_txn([$ev]);
+    is_deeply $json->{pdus}{$id}, {}, "message $n while the silo is down: accepted";
+    push @ids, $id;
+}
+sleep 1.5;
+is $pg->psql($OUTBOX_EMPTY), 3, 'they wait in the outbox';
+$pg->psql('UPDATE matrix.silo_outbox SET next_attempt_ts = 0');
+$silo = silo_start();
+my $IN = join ',', map { "'$_'" } @ids;
+is eventually(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id IN ($IN)}, 3), 3,
+   'delivered once the silo is back';
+is eventually($OUTBOX_EMPTY, 0), 0, 'outbox empty';
+is $pg->psql(qq{SELECT string_agg(source, ',' ORDER BY id) FROM chat.messages
+                 WHERE matrix_event_id IN ($IN)}), 'while away 1,while away 2,while away 3',
+   'once each, in order';
+
+# --- soft failure: carol leaves, then speaks with her old join ---------------------
+
+# erin of remote.test joins by a /send, so that remote.test stays in the room
+my $ERIN = '@erin:remote.test';
+my ($j2, $jid2) = event(type => 'm.room.member', state_key => $ERIN, sender => $ERIN,
+    content => { membership => 'join' },
+    auth => [$CREATE, $PL, state_id('m.room.join_rules', '')]);
+($status, $json) = send_txn([$j2]);
+is_deeply $json->{pdus}{$jid2}, {}, 'erin joins by a /send';
+is eventually(q{SELECT count(*) FROM chat.memberships m JOIN chat.users u ON u.id = m.user_id
+                 WHERE m.room_id = 1 AND u.matrix_user_id = '@erin:remote.test'}, 1), 1,
+   'the silo has erin in General';
+
+my ($l1, $lid1) = event(type => 'm.room.member', state_key => $USER,
+                        content => { membership => 'leave' });
+($status, $json) = send_txn([$l1]);
+is_deeply $json->{pdus}{$lid1}, {}, 'carol leaves by a /send';
+is eventually($MEMBER, 0), 0, 'the silo no longer has carol in General';
+
+my ($s1, $sid1) = event(content => text('ghost'));
+($status, $json) = send_txn([$s1]);
+is $status, 200, 'a message by her old join: 200';
+is_deeply $json->{pdus}{$sid1}, {}, 'answered as accepted' or diag explain $json;
+is $pg->psql(qq{SELECT soft_failed FROM matrix.events WHERE event_id = '$sid1'}), 't',
+   'stored soft-failed';
+isnt((head())[0][0], $sid1, 'not an extremity');
+is eventually($OUTBOX_EMPTY, 0), 0, 'outbox empty';
+is $pg->psql(q{SELECT count(*) FROM chat.messages WHERE source = 'ghost'}), 0, 'not delivered';
+
+unlike $ngx->error_log, qr/\[(alert|crit|emerg)\]|segmentation/i, 'no alerts or crashes';
+
+done_testing;
