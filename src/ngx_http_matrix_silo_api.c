@@ -544,10 +544,18 @@ ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row, json_t *pdu,
     target = json_string_value(json_object_get(ctx, "target"));
     body = NULL;
 
-    sender = json_pack("{s:O,s:O,s:n}",
-                       "user_id", json_object_get(pdu, "sender"),
-                       "displayname", json_object_get(ctx, "displayname"),
-                       "avatar_url");
+    /* only the fields known: one left out is kept by the silo, a null
+       would clear it */
+
+    sender = json_pack("{s:O}", "user_id", json_object_get(pdu, "sender"));
+
+    if (sender != NULL
+        && json_is_string(json_object_get(ctx, "displayname")))
+    {
+        json_object_set(sender, "displayname",
+                        json_object_get(ctx, "displayname"));
+    }
+
     if (sender == NULL) {
         json_decref(ctx);
         return NULL;
