@@ -224,8 +224,6 @@ is $pg->psql('SELECT count(*) FROM matrix.silo_changes'), 0, 'the change is cons
 my @txns = $fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/');
 ok((!grep { !$_->{verified} } @txns), 'every transaction is signed (X-Matrix verified)');
 is $txns[0]{json}{origin}, 'module.test', 'origin';
-$spec->valid_ok('server-server', 'PUT', $txns[0]{path}, 200, '{}',
-    'the transaction endpoint') if 0;
 
 # a message the module wrote for a Matrix user is not sent back
 $pg->psql(q{INSERT INTO chat.messages (room_id, user_id, source, matrix_event_id)
@@ -300,9 +298,8 @@ for (1 .. 150) {
 cmp_ok scalar @tries, '>=', 2, 'the failed transaction is tried again';
 is scalar(keys %{{ map { $_->{path} => 1 } @tries }}), 1,
    'with the same txnId: ' . ($tries[0]{path} // '');
-is_deeply [ map { $_->{body} } @tries[1 .. $#tries] ],
-          [ map { $tries[0]{body} } @tries[1 .. $#tries] ] x 0,
-          [], 'the same PDUs' if 0;
+is scalar(keys %{{ map { $JSON->encode($_->{json}{pdus}) => 1 } @tries }}), 1,
+   'with the same PDUs';
 
 $ngx->reload;
 post($joined_author, 'after the reload');
