@@ -13,6 +13,7 @@
 #include "ngx_http_matrix_pg.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_remote_keys.h"
+#include "ngx_http_matrix_feed.h"
 #include "ngx_http_matrix_silo_api.h"
 #include "ngx_http_matrix_destination.h"
 #include "ngx_http_matrix_key_notaries.h"
@@ -765,6 +766,12 @@ ngx_http_matrix_init_process(ngx_cycle_t *cycle)
     }
 
     if (ngx_http_matrix_pg_init_process(cycle, mmcf->pg) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_matrix_feed_init_process(cycle) != NGX_OK
+        || ngx_http_matrix_sender_init_process(cycle) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

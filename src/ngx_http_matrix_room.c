@@ -42,8 +42,8 @@ typedef struct {
     size_t                          next_message;
     unsigned                        is_public:1;
 
-    int64_t                         depth;
-    char                            prev[MX_EVENT_ID_LEN + 1];
+    ngx_http_matrix_room_chain_t    chain;
+    ngx_http_matrix_room_authors_t  authors;
     char                            create[MX_EVENT_ID_LEN + 1];
     char                            power_levels[MX_EVENT_ID_LEN + 1];
     char                            join_rules[MX_EVENT_ID_LEN + 1];
@@ -168,6 +168,8 @@ ngx_http_matrix_room_op(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
 
     op->r = r;
     op->ctx = ctx;
+    op->pool = r->pool;
+    op->log = r->connection->log;
 
     op->q = ngx_http_matrix_pg_query_create(pg, r->pool, r->connection->log);
     if (op->q == NULL) {
@@ -195,7 +197,7 @@ ngx_http_matrix_room_open(ngx_http_matrix_room_op_t *op, ngx_str_t *room_id,
                                           "Invalid room ID: %s", why);
     }
 
-    op->room_id.data = ngx_pnalloc(op->r->pool, room_id->len + 1);
+    op->room_id.data = ngx_pnalloc(op->pool, room_id->len + 1);
     if (op->room_id.data == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -569,7 +571,7 @@ ngx_http_matrix_room_initial(ngx_http_matrix_room_op_t *op,
     na = json_array_size(admins);
     nm = json_array_size(moderators);
 
-    a = ngx_palloc(op->r->pool, (na + nm + 1) * sizeof(char *));
+    a = ngx_palloc(op->pool, (na + nm + 1) * sizeof(char *));
     if (a == NULL) {
         return NGX_ERROR;
     }
@@ -649,7 +651,7 @@ ngx_http_matrix_room_initial(ngx_http_matrix_room_op_t *op,
     s = json_string_value(json_object_get(mk->silo, "alias"));
     if (s && *s) {
         alias.len = 1 + ngx_strlen(s) + 1 + op->ctx->mscf->server_name.len;
-        alias.data = ngx_pnalloc(op->r->pool, alias.len + 1);
+        alias.data = ngx_pnalloc(op->pool, alias.len + 1);
         if (alias.data == NULL) {
             return NGX_ERROR;
         }
@@ -729,7 +731,7 @@ ngx_http_matrix_room_history(ngx_http_matrix_room_op_t *op,
                       json_string_value(json_object_get(msg, "html")),
                       reply, thread, &err);
         if (content == NULL) {
-            ngx_log_error(NGX_LOG_WARN, op->r->connection->log, 0,
+            ngx_log_error(NGX_LOG_WARN, op->log, 0,
                           "matrix room \"%V\": silo message \"%s\" left "
                           "out: %s", &op->room_id, id, err.msg);
             continue;
@@ -777,23 +779,70 @@ ngx_http_matrix_room_member(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_making_t *mk, json_t *message, int64_t ts,
     const char **member_id)
 {
-    json_t      *content, *v;
-    ngx_str_t    user_id;
-    const char  *localpart, *name, *avatar, *auth[4], *why;
-    char         invite[MX_EVENT_ID_LEN + 1], join[MX_EVENT_ID_LEN + 1];
+    json_t      *v;
+    const char  *localpart;
+    char         join[MX_EVENT_ID_LEN + 1];
 
     *member_id = NULL;
 
     localpart = json_string_value(json_object_get(message, "localpart"));
-    if (localpart == NULL
-        || !mx_user_localpart_valid(localpart, ngx_strlen(localpart)))
-    {
+    if (localpart == NULL) {
         return NGX_OK;
     }
 
     v = json_object_get(mk->joined, localpart);
     if (v) {
         *member_id = json_string_value(v);
+        return NGX_OK;
+    }
+
+    mk->authors.create = mk->create;
+    mk->authors.power_levels = mk->power_levels;
+    mk->authors.join_rules = mk->join_rules;
+    mk->authors.creator_member = mk->creator_member;
+    mk->authors.creator = mk->creator;
+    mk->authors.is_public = mk->is_public;
+
+    if (ngx_http_matrix_room_join_author(op, &mk->chain, &mk->authors,
+            localpart,
+            json_string_value(json_object_get(message, "displayname")),
+            json_string_value(json_object_get(message, "avatar_url")),
+            ts, join)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (join[0] == '\0') {
+        return NGX_OK;
+    }
+
+    if (json_object_set_new(mk->joined, localpart, json_string(join)) != 0) {
+        return NGX_ERROR;
+    }
+
+    *member_id = json_string_value(json_object_get(mk->joined, localpart));
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_join_author(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_chain_t *chain, ngx_http_matrix_room_authors_t *a,
+    const char *localpart, const char *name, const char *avatar, int64_t ts,
+    char *join)
+{
+    json_t      *content;
+    ngx_str_t    user_id;
+    const char  *auth[4], *why;
+    char         invite[MX_EVENT_ID_LEN + 1];
+
+    join[0] = '\0';
+
+    if (localpart == NULL
+        || !mx_user_localpart_valid(localpart, ngx_strlen(localpart)))
+    {
         return NGX_OK;
     }
 
@@ -807,20 +856,20 @@ ngx_http_matrix_room_member(ngx_http_matrix_room_op_t *op,
         return NGX_OK;
     }
 
-    auth[0] = mk->create;
-    auth[1] = mk->power_levels;
-    auth[2] = mk->join_rules;
+    auth[0] = a->create;
+    auth[1] = a->power_levels;
+    auth[2] = a->join_rules;
 
-    if (!mk->is_public) {
+    if (!a->is_public) {
         /* an invite-only room: this server's user lets its own in */
-        auth[3] = mk->creator_member;
+        auth[3] = a->creator_member;
 
         content = json_pack("{s:s}", "membership", "invite");
-        if (ngx_http_matrix_room_next_event(op, mk, "m.room.member",
-                                            (char *) user_id.data,
-                                            (char *) mk->creator.data,
-                                            content, ts, auth, 4, 0, NULL,
-                                            invite)
+        if (ngx_http_matrix_room_chain_event(op, chain, "m.room.member",
+                                             (char *) user_id.data,
+                                             (char *) a->creator.data,
+                                             content, ts, auth, 4, 0, NULL,
+                                             invite)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -828,9 +877,6 @@ ngx_http_matrix_room_member(ngx_http_matrix_room_op_t *op,
 
         auth[3] = invite;
     }
-
-    name = json_string_value(json_object_get(message, "displayname"));
-    avatar = json_string_value(json_object_get(message, "avatar_url"));
 
     content = json_pack("{s:s}", "membership", "join");
     if (content == NULL) {
@@ -845,23 +891,11 @@ ngx_http_matrix_room_member(ngx_http_matrix_room_op_t *op,
         json_object_set_new(content, "avatar_url", json_string(avatar));
     }
 
-    if (ngx_http_matrix_room_next_event(op, mk, "m.room.member",
-                                        (char *) user_id.data,
-                                        (char *) user_id.data, content, ts,
-                                        auth, mk->is_public ? 3 : 4, 0, NULL,
-                                        join)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (json_object_set_new(mk->joined, localpart, json_string(join)) != 0) {
-        return NGX_ERROR;
-    }
-
-    *member_id = json_string_value(json_object_get(mk->joined, localpart));
-
-    return NGX_OK;
+    return ngx_http_matrix_room_chain_event(op, chain, "m.room.member",
+                                            (char *) user_id.data,
+                                            (char *) user_id.data, content,
+                                            ts, auth, a->is_public ? 3 : 4,
+                                            0, NULL, join);
 }
 
 
@@ -874,8 +908,25 @@ ngx_http_matrix_room_next_event(ngx_http_matrix_room_op_t *op,
     const char **auth, size_t nauth, unsigned recipe,
     const char *silo_message_id, char *event_id)
 {
+    mk->chain.records = mk->records;
+
+    return ngx_http_matrix_room_chain_event(op, &mk->chain, type, state_key,
+                                            sender, content, ts, auth, nauth,
+                                            recipe, silo_message_id,
+                                            event_id);
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_chain_event(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_chain_t *chain, const char *type,
+    const char *state_key, const char *sender, json_t *content, int64_t ts,
+    const char **auth, size_t nauth, unsigned recipe,
+    const char *silo_message_id, char *event_id)
+{
+    size_t           i;
     ngx_int_t        rc;
-    const char      *prev[1];
+    const char      *prev[NGX_HTTP_MATRIX_HEAD_MAX];
     mx_pdu_parts_t   parts;
 
     if (content == NULL) {
@@ -884,26 +935,44 @@ ngx_http_matrix_room_next_event(ngx_http_matrix_room_op_t *op,
 
     ngx_memzero(&parts, sizeof(mx_pdu_parts_t));
 
-    prev[0] = mk->prev;
+    if (chain->last[0]) {
+        prev[0] = chain->last;
+        parts.nprev = 1;
+
+    } else {
+        /* the first: after the room's extremities, if any */
+        for (i = 0; i < json_array_size(chain->prev)
+                    && i < NGX_HTTP_MATRIX_HEAD_MAX; i++)
+        {
+            prev[i] = json_string_value(json_array_get(chain->prev, i));
+            if (prev[i] == NULL) {
+                json_decref(content);
+                return NGX_ERROR;
+            }
+        }
+
+        parts.nprev = i;
+    }
 
     parts.sender = sender;
     parts.type = type;
     parts.state_key = state_key;
     parts.content = content;
     parts.prev_events = prev;
-    parts.nprev = mk->prev[0] ? 1 : 0;
     parts.auth_events = auth;
     parts.nauth = nauth;
-    parts.depth = ++mk->depth;
+    parts.depth = ++chain->depth;
     parts.origin_server_ts = ts;
+    parts.redacts = chain->redacts;
+    chain->redacts = NULL;
 
     rc = ngx_http_matrix_room_make_event(op, &parts, recipe, silo_message_id,
-                                         mk->records, event_id);
+                                         chain->records, event_id);
 
     json_decref(content);
 
     if (rc == NGX_OK) {
-        ngx_memcpy(mk->prev, event_id, MX_EVENT_ID_LEN + 1);
+        ngx_memcpy(chain->last, event_id, MX_EVENT_ID_LEN + 1);
     }
 
     return rc;
@@ -1329,11 +1398,7 @@ ngx_http_matrix_room_head(ngx_http_matrix_room_op_t *op, ngx_str_t *members,
 ngx_http_matrix_room_head_t *
 ngx_http_matrix_room_head_get(ngx_http_matrix_room_op_t *op)
 {
-    json_t                       *doc, *state, *v;
-    size_t                        i;
-    mx_err_t                      err;
-    mx_event_t                   *ev;
-    ngx_pool_cleanup_t           *cln;
+    json_t                       *doc;
     ngx_http_matrix_room_head_t  *h;
 
     doc = ngx_http_matrix_room_json(op);
@@ -1341,11 +1406,27 @@ ngx_http_matrix_room_head_get(ngx_http_matrix_room_op_t *op)
         return NULL;
     }
 
-    h = ngx_pcalloc(op->r->pool, sizeof(ngx_http_matrix_room_head_t));
-    cln = ngx_pool_cleanup_add(op->r->pool, 0);
+    h = ngx_http_matrix_room_head_parse(op, doc);
+    json_decref(doc);
+
+    return h;
+}
+
+
+ngx_http_matrix_room_head_t *
+ngx_http_matrix_room_head_parse(ngx_http_matrix_room_op_t *op, json_t *doc)
+{
+    json_t                       *state, *v;
+    size_t                        i;
+    mx_err_t                      err;
+    mx_event_t                   *ev;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_matrix_room_head_t  *h;
+
+    h = ngx_pcalloc(op->pool, sizeof(ngx_http_matrix_room_head_t));
+    cln = ngx_pool_cleanup_add(op->pool, 0);
 
     if (h == NULL || cln == NULL) {
-        json_decref(doc);
         return NULL;
     }
 
@@ -1364,13 +1445,12 @@ ngx_http_matrix_room_head_get(ngx_http_matrix_room_op_t *op)
                               op->version, &ev, &err)
                != MX_OK)
         {
-            ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+            ngx_log_error(NGX_LOG_ERR, op->log, 0,
                           "matrix room \"%V\": a state event of ours "
                           "cannot be read: %s", &op->room_id,
                           h->nstate == NGX_HTTP_MATRIX_HEAD_MAX
                           ? "too many" : err.msg);
-            json_decref(doc);
-            return NULL;
+                return NULL;
         }
 
         h->state[h->nstate++] = ev;
@@ -1392,10 +1472,9 @@ ngx_http_matrix_room_head_get(ngx_http_matrix_room_op_t *op)
         }
     }
 
-    json_decref(doc);
 
     if (h->create == NULL || !json_is_array(h->prev_events)) {
-        ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, op->log, 0,
                       "matrix room \"%V\": no create event", &op->room_id);
         return NULL;
     }
@@ -1585,7 +1664,7 @@ ngx_http_matrix_room_make_event(ngx_http_matrix_room_op_t *op,
 
 failed:
 
-    ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+    ngx_log_error(NGX_LOG_ERR, op->log, 0,
                   "matrix room \"%V\": cannot make a %s event: %s",
                   &op->room_id, parts->type, err.msg);
 
@@ -1664,7 +1743,7 @@ ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op, json_t **ids)
         }
 
         if (pdu == NULL) {
-            ngx_log_error(NGX_LOG_ERR, op->r->connection->log, 0,
+            ngx_log_error(NGX_LOG_ERR, op->log, 0,
                           "matrix room \"%V\": event \"%s\" cannot be "
                           "served", &op->room_id, PQgetvalue(res, row, 1));
             pdu = json_null();
@@ -1692,6 +1771,17 @@ ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op, json_t **ids)
 static json_t *
 ngx_http_matrix_room_rebuild(ngx_http_matrix_room_op_t *op, PGresult *res,
     int row)
+{
+    return ngx_http_matrix_event_rebuild(res, row,
+                                         (char *) op->ctx->mscf
+                                                      ->server_name.data,
+                                         op->version);
+}
+
+
+json_t *
+ngx_http_matrix_event_rebuild(PGresult *res, int row, const char *server,
+    const mx_room_version_t *version)
 {
     int              col;
     json_t          *pdu, *content, *prev, *auth, *redacted;
@@ -1774,7 +1864,7 @@ ngx_http_matrix_room_rebuild(ngx_http_matrix_room_op_t *op, PGresult *res,
     parts.origin_server_ts = ngx_atoof((u_char *) PQgetvalue(res, row, TS),
                                        PQgetlength(res, row, TS));
     parts.hash_b64 = hash;
-    parts.server = (char *) op->ctx->mscf->server_name.data;
+    parts.server = server;
     parts.key_id = PQgetvalue(res, row, KEY_ID);
     parts.sig_b64 = sig;
 
@@ -1789,7 +1879,7 @@ ngx_http_matrix_room_rebuild(ngx_http_matrix_room_op_t *op, PGresult *res,
     }
 
     if (mx_event_check_content_hash(pdu, &err) != MX_OK) {
-        redacted = mx_event_redact(pdu, op->version, &err);
+        redacted = mx_event_redact(pdu, version, &err);
         json_decref(pdu);
         pdu = redacted;
     }
@@ -1870,7 +1960,7 @@ ngx_http_matrix_room_user(ngx_http_matrix_room_op_t *op,
     server = &op->ctx->mscf->server_name;
     len = ngx_strlen(localpart);
 
-    user_id->data = ngx_pnalloc(op->r->pool, 1 + len + 1 + server->len + 1);
+    user_id->data = ngx_pnalloc(op->pool, 1 + len + 1 + server->len + 1);
     if (user_id->data == NULL) {
         return NGX_ERROR;
     }

@@ -46,12 +46,43 @@ typedef struct {
     mx_event_t                     *history_visibility;
 } ngx_http_matrix_room_head_t;
 
+/*
+ * Events made one after another: the first after prev (the room's
+ * extremities; none for a new room's create event), each next one after
+ * the one before, one deeper.
+ */
+typedef struct {
+    json_t                         *records;   /* matrix_append_events() */
+    json_t                         *prev;      /* array of event IDs */
+    int64_t                         depth;     /* of the last one made */
+    const char                     *redacts;   /* of the next one, then
+                                                  cleared */
+    char                            last[MX_EVENT_ID_LEN + 1];
+} ngx_http_matrix_room_chain_t;
+
+
+/* what a silo author's join is authorised by (event IDs) */
+typedef struct {
+    const char                     *create;
+    const char                     *power_levels;
+    const char                     *join_rules;
+    const char                     *creator_member;
+    ngx_str_t                       creator;   /* this server's user */
+    unsigned                        is_public:1;
+} ngx_http_matrix_room_authors_t;
+
+
 typedef ngx_int_t (*ngx_http_matrix_room_step_pt)(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 
 
 struct ngx_http_matrix_room_op_s {
-    ngx_http_request_t             *r;
+    ngx_http_request_t             *r;             /* NULL: a background
+                                                      op (the change feed),
+                                                      which makes events
+                                                      only */
+    ngx_pool_t                     *pool;          /* r's, or the op's */
+    ngx_log_t                      *log;
     ngx_http_matrix_ctx_t          *ctx;
     ngx_http_matrix_pg_query_t     *q;
     ngx_http_matrix_room_step_pt    next;
@@ -104,6 +135,10 @@ ngx_int_t ngx_http_matrix_room_head(ngx_http_matrix_room_op_t *op,
 /* the head read by the last step, parsed; NULL on error (logged) */
 ngx_http_matrix_room_head_t *ngx_http_matrix_room_head_get(
     ngx_http_matrix_room_op_t *op);
+
+/* the same, of a matrix_room_head() document (borrowed) */
+ngx_http_matrix_room_head_t *ngx_http_matrix_room_head_parse(
+    ngx_http_matrix_room_op_t *op, json_t *doc);
 
 /* a user's member event in the head, or NULL */
 mx_event_t *ngx_http_matrix_room_head_member(ngx_http_matrix_room_head_t *h,
@@ -160,6 +195,30 @@ void ngx_http_matrix_room_pdus_compact(json_t *pdus);
 ngx_int_t ngx_http_matrix_room_make_event(ngx_http_matrix_room_op_t *op,
     mx_pdu_parts_t *parts, unsigned recipe, const char *silo_message_id,
     json_t *records, char *event_id);
+
+/* the next event of a chain, made as ngx_http_matrix_room_make_event() */
+ngx_int_t ngx_http_matrix_room_chain_event(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_chain_t *chain, const char *type,
+    const char *state_key, const char *sender, json_t *content, int64_t ts,
+    const char **auth, size_t nauth, unsigned recipe,
+    const char *silo_message_id, char *event_id);
+
+/*
+ * A silo author's lazy join, in the chain: in a private room an invite by
+ * this server's user first.  join gets the join's event ID, or "" for a
+ * localpart this server cannot use (nothing made).
+ */
+ngx_int_t ngx_http_matrix_room_join_author(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_chain_t *chain, ngx_http_matrix_room_authors_t *a,
+    const char *localpart, const char *name, const char *avatar, int64_t ts,
+    char *join);
+
+/*
+ * A row of matrix_event_parts() kept as parts, made whole again (content
+ * rebuilt, served redacted when it no longer gives the stored hash).
+ */
+json_t *ngx_http_matrix_event_rebuild(PGresult *res, int row,
+    const char *server, const mx_room_version_t *version);
 
 /* records the row of a PDU received whole (a remote join, say) */
 ngx_int_t ngx_http_matrix_room_record(json_t *records, const mx_event_t *ev,

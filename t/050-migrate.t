@@ -32,10 +32,11 @@ my $FIRST = $MIGRATIONS[0][1];
 my $N = @MIGRATIONS;
 my $VERSIONS = join ',', map { "$_->[0]:$_->[1]" } @MIGRATIONS;
 
-my @TABLES = qw(events forward_extremities invites matrix_rooms
+my @TABLES = sort qw(events forward_extremities invites matrix_rooms
                 received_transactions room_state
                 schema_migrations server_key_json server_keys silo_changes
-                silo_localparts silo_outbox);
+                silo_localparts silo_outbox
+                destinations federation_outbox);
 
 my $pg = MatrixPg->start;
 my $CI = $pg->conninfo;

@@ -53,7 +53,10 @@ mx_pdu_build(const mx_pdu_parts_t *p, mx_err_t *err)
          && json_object_set_new(pdu, "room_id", json_string(p->room_id)) != 0)
         || (p->state_key
             && json_object_set_new(pdu, "state_key",
-                                   json_string(p->state_key)) != 0))
+                                   json_string(p->state_key)) != 0)
+        || (p->redacts
+            && json_object_set_new(pdu, "redacts",
+                                   json_string(p->redacts)) != 0))
     {
         mx_err_set(err, "the room ID or state key is not UTF-8");
         json_decref(pdu);

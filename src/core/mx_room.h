@@ -42,6 +42,8 @@ typedef struct {
     size_t               nauth;
     int64_t              depth;
     int64_t              origin_server_ts;
+    const char          *redacts;     /* a redaction's top-level target
+                                         (room versions 1-10), or NULL */
 
     /* a stored event served again: its hash and signature, else NULL */
     const char          *hash_b64;

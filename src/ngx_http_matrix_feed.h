@@ -1,0 +1,29 @@
+/*
+ * Silo -> Matrix, live: the change feed's consumer (ngx_http_matrix_feed.c)
+ * makes the events of silo messages as they are written, edited and
+ * deleted; the sender (ngx_http_matrix_sender.c) delivers them to the
+ * other servers in the rooms, as transactions.
+ */
+
+#ifndef _NGX_HTTP_MATRIX_FEED_H_INCLUDED_
+#define _NGX_HTTP_MATRIX_FEED_H_INCLUDED_
+
+
+#include "ngx_http_matrix_module.h"
+
+
+ngx_int_t ngx_http_matrix_feed_init_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle);
+
+/* a new event is owed to other servers: a pass now */
+void ngx_http_matrix_sender_kick(void);
+
+/*
+ * The server whose name and key background work signs with: the first
+ * with a server name and a signing key; NULL if none.
+ */
+ngx_http_matrix_srv_conf_t *ngx_http_matrix_background_srv_conf(
+    ngx_cycle_t *cycle);
+
+
+#endif /* _NGX_HTTP_MATRIX_FEED_H_INCLUDED_ */

@@ -1,0 +1,328 @@
+# Silo -> Matrix, live: messages written, edited and deleted in the silo
+# (the reference silo: examples/silo) become events through the change
+# feed, and reach the other servers in the room as transactions
+# (PUT /send): in order, signed, retried with the same txnId, across a
+# reload, from two workers; the fake homeserver is the receiving server.
+
+use strict;
+use warnings;
+
+use Test::More;
+use JSON::PP;
+use FindBin;
+
+use MatrixPg;
+use MatrixNginx;
+use MatrixFakeHS;
+use MatrixDNS;
+use MatrixTest;
+use MatrixSpec;
+use IPC::Run qw(start);
+use HTTP::Tiny;
+use Time::HiRes qw(sleep);
+
+plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
+plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
+plan skip_all => 'MATRIX_TOOL is not set' unless $ENV{MATRIX_TOOL};
+plan skip_all => MatrixSpec::skip_reason() if MatrixSpec::skip_reason();
+
+my $spec = MatrixSpec->start;
+my $KEYS = { 'module.test' => { 'ed25519:1' => $MatrixTest::SPEC_PUBLIC_KEY } };
+
+my $SILO = "$FindBin::Bin/../examples/silo";
+my $JSON = JSON::PP->new->canonical;
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<:raw', $path or die "$path: $!";
+    local $/;
+    return scalar <$fh>;
+}
+
+my $pg = MatrixPg->start;
+$pg->psql(slurp("$SILO/schema.sql"));
+$pg->psql(slurp("$SILO/seed.sql"));
+system($ENV{MATRIX_TOOL}, 'migrate', $pg->conninfo) == 0
+    or BAIL_OUT('matrix-tool migrate failed');
+$pg->psql(slurp("$SILO/matrix.sql"));
+
+# the reference silo's own server, for its internal API
+my $TOKEN = 'silo-test-token-' . ('q9' x 12);
+my $token_file = MatrixTest::write_file("$pg->{dir}/silo.token", "$TOKEN\n", 0600);
+my $silo_port = MatrixNginx::_free_port();
+my $silo_log = '';
+my @silo_cmd = ('/usr/bin/python3', "$SILO/silo.py", '--dsn', $pg->conninfo,
+                '--listen', "127.0.0.1:$silo_port",
+                '--internal-token-file', $token_file);
+
+sub silo_start {
+    my $h = start \@silo_cmd, '<', \undef, '>&', \$silo_log;
+    for (1 .. 200) {
+        $h->pump_nb;
+        return $h if HTTP::Tiny->new(timeout => 2)
+                         ->get("http://127.0.0.1:$silo_port/healthz")->{status} == 200;
+        sleep 0.1;
+    }
+    BAIL_OUT("silo.py did not start: $silo_log");
+}
+
+my $silo = silo_start();
+END { local $?; $silo->kill_kill(grace => 3) if $silo && $silo->pumpable }
+
+# polls SQL until it gives WANT (10 s at most)
+sub eventually {
+    my ($sql, $want) = @_;
+    my $got;
+    for (1 .. 100) {
+        $got = $pg->psql($sql);
+        return $got if $got eq $want;
+        sleep 0.1;
+    }
+    return $got;
+}
+
+my $fake = MatrixFakeHS->start(names => ['remote.test']);
+my $dns = MatrixDNS->start(records => {
+    'remote.test' => { A => '127.0.0.1' },
+    '_matrix-fed._tcp.remote.test' => { SRV => [[10, 5, $fake->port, 'remote.test']] },
+});
+
+my $ngx = MatrixNginx->start(workers => 2, http => <<"EOF",
+    matrix_server_name module.test;
+    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
+    matrix_postgres "@{[ $pg->conninfo ]}" max=4 timeout=10s;
+    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
+    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
+    matrix_federation_allow_ip 127.0.0.0/8;
+    client_body_buffer_size 1m;
+    matrix_silo_api http://127.0.0.1:$silo_port/internal/matrix/ token_file=$token_file;
+EOF
+    server => '        location /_matrix/ { matrix; }');
+
+# the silo's rooms get their IDs from the directory; here, by hand
+$pg->psql(q{INSERT INTO matrix.matrix_rooms (room_id, silo_room_id, room_version)
+            VALUES ('!general:module.test', '1', '10'),
+                   ('!random:module.test', '2', '10'),
+                   ('!private:module.test', '3', '10')});
+
+# every event this server serves: hash, signature and event ID as an
+# independent implementation (t/tools/mx_event.py) sees them
+sub events_ok {
+    my ($events, $name, $ids) = @_;
+    my ($bad, $i) = (0, 0);
+    for my $ev (@$events) {
+        my $c = $fake->check_event('10', $ev, $KEYS);
+        my $want_id = $ids ? $ids->[$i] : undef;
+        if (!$c->{signatures_ok} || !$c->{hash_ok}
+            || (defined $want_id && $c->{event_id} ne $want_id)) {
+            diag "$name: event $i: " . encode_json($c) unless $bad++;
+        }
+        $i++;
+    }
+    is $bad, 0, "$name: every event's hash, signature and ID check out ("
+              . scalar(@$events) . ")";
+}
+
+sub fed {
+    my ($method, $uri, $content) = @_;
+    my $auth = $fake->x_matrix('remote.test', method => $method, uri => $uri,
+                               destination => 'module.test',
+                               defined $content ? (content => $content) : ());
+    my ($status, $head, $body) = $ngx->request($method, $uri,
+        defined $content ? $JSON->encode($content) : undef,
+        Authorization => $auth,
+        defined $content ? ('Content-Type' => 'application/json') : ());
+    my $json = eval { decode_json($body) };
+    return ($status, $json, $body);
+}
+
+# the receiver checks our X-Matrix signatures with our key
+$fake->configure_global({ keys => $KEYS });
+
+my $USER = '@carol:remote.test';
+my $ROOM = '!general:module.test';
+
+my ($status, $json, $body) = fed('GET',
+    "/_matrix/federation/v1/make_join/$ROOM/$USER?ver=10");
+is $status, 200, 'make_join: 200' or diag $body;
+my $signed = $fake->sign_event('remote.test', '10', $json->{event});
+my ($join, $join_id) = ($signed->{event}, $signed->{event_id});
+($status, $json, $body) = fed('PUT', "/_matrix/federation/v2/send_join/$ROOM/$join_id", $join);
+is $status, 200, 'carol joined: remote.test is in the room' or diag $body;
+
+sub head_ids {
+    return [ split /\n/, $pg->psql(qq{SELECT e.event_id FROM matrix.forward_extremities f
+        JOIN matrix.events e ON e.nid = f.event_nid JOIN matrix.matrix_rooms r
+          ON r.room_nid = f.room_nid WHERE r.room_id = '$ROOM' ORDER BY e.nid}) ];
+}
+
+# the PDUs of the transactions remote.test received (answered 200), in order
+sub sent_pdus {
+    my (%o) = @_;
+    my @pdus;
+    for my $r ($fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/')) {
+        next if $o{ok} && ($r->{status} // 0) != 200;
+        push @pdus, @{ $r->{json}{pdus} || [] };
+    }
+    return @pdus;
+}
+
+# waits until the PDUs received satisfy COND (at most SECS seconds)
+sub wait_pdus {
+    my ($cond, $secs) = @_;
+    my @pdus;
+    for (1 .. ($secs // 15) * 10) {
+        @pdus = sent_pdus(ok => 1);
+        return @pdus if $cond->(@pdus);
+        sleep 0.1;
+    }
+    diag join "\n", grep { /sender|feed|matrix/ } split /\n/, $ngx->error_log;
+    return @pdus;
+}
+
+sub by_body {
+    my ($b) = @_;
+    return sub { grep { ($_->{content}{body} // '') eq $b } @_ };
+}
+
+sub post {
+    my ($user, $text, %o) = @_;
+    return $pg->psql(qq{INSERT INTO chat.messages (room_id, user_id, source, html, reply_to)
+        VALUES (1, $user, '$text', @{[ defined $o{html} ? "'$o{html}'" : 'NULL' ]},
+                @{[ $o{reply_to} // 'NULL' ]}) RETURNING id});
+}
+
+$fake->reset;
+
+# --- a message from a silo user already in the Matrix room ---------------------
+
+my $joined_author = $pg->psql(qq{SELECT u.id FROM chat.users u
+    JOIN matrix.room_state s ON s.state_key = '\@' || u.handle || ':module.test'
+    JOIN matrix.matrix_rooms r ON r.room_nid = s.room_nid
+   WHERE r.room_id = '$ROOM' AND s.membership = 'join' ORDER BY u.id LIMIT 1});
+ok $joined_author, "a silo author already joined ($joined_author)";
+
+my $before = head_ids();
+is_deeply $before, [$join_id], 'the head is carol\'s join';
+
+my $m1 = post($joined_author, 'hello from the silo', html => '<p>hello from the silo</p>');
+my @pdus = wait_pdus(by_body('hello from the silo'));
+my ($ev) = by_body('hello from the silo')->(@pdus);
+ok $ev, 'remote.test received the message in a transaction';
+is $ev && $ev->{type}, 'm.room.message', 'm.room.message';
+is $ev && $ev->{content}{formatted_body}, '<p>hello from the silo</p>', 'with its HTML';
+is_deeply $ev && $ev->{prev_events}, $before, 'after the previous head (DAG)';
+my $chk = $ev ? $fake->check_event('10', $ev, $KEYS) : {};
+ok $chk->{hash_ok} && $chk->{signatures_ok}, 'hash and signature check out';
+my $m1_id = $chk->{event_id};
+is $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id = '$m1_id'
+                AND recipe IS NOT NULL AND silo_message_id = '$m1'}), 1,
+   'the event ID is the one stored, a recipe of the silo row';
+is_deeply head_ids(), [$m1_id], 'and it is the new head';
+is $pg->psql('SELECT count(*) FROM matrix.silo_changes'), 0, 'the change is consumed';
+
+my @txns = $fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/');
+ok((!grep { !$_->{verified} } @txns), 'every transaction is signed (X-Matrix verified)');
+is $txns[0]{json}{origin}, 'module.test', 'origin';
+
+# a message the module wrote for a Matrix user is not sent back
+$pg->psql(q{INSERT INTO chat.messages (room_id, user_id, source, matrix_event_id)
+            VALUES (1, 1, 'from matrix', '$fromMatrix')});
+
+# --- a new silo author: their join comes first ----------------------------------
+
+my $new_author = $pg->psql(q{INSERT INTO chat.users (username, handle, display_name,
+    password_hash) VALUES ('zoe', 'zoe', 'Zoe Z', 'x') RETURNING id});
+$pg->psql("INSERT INTO chat.memberships (room_id, user_id, role) VALUES (1, $new_author, 'member')");
+my $new_handle = $pg->psql("SELECT handle FROM chat.users WHERE id = $new_author");
+my $m2 = post($new_author, 'first words', reply_to => $m1);
+@pdus = wait_pdus(by_body('first words'));
+my ($i_join) = grep { $pdus[$_]{type} eq 'm.room.member'
+                      && $pdus[$_]{state_key} eq "\@$new_handle:module.test" } 0 .. $#pdus;
+my ($i_msg) = grep { ($pdus[$_]{content}{body} // '') eq 'first words' } 0 .. $#pdus;
+ok defined $i_join, "the new author's join was sent ($new_handle)";
+ok defined $i_join && defined $i_msg && $i_join < $i_msg, 'before their message';
+my $jc = defined $i_join ? $fake->check_event('10', $pdus[$i_join], $KEYS) : {};
+ok((grep { $_ eq $jc->{event_id} } @{ $pdus[$i_msg]{auth_events} || [] }),
+   'the message is authorised by that join');
+is $pdus[$i_msg]{content}{'m.relates_to'}{'m.in_reply_to'}{event_id}, $m1_id,
+   'a reply names the event it answers';
+ok(!(grep { ($_->{content}{body} // '') eq 'from matrix' } @pdus),
+   'the message written for a Matrix user is not sent');
+events_ok([@pdus], 'every PDU sent so far');
+
+# --- an edit in place -----------------------------------------------------------
+
+$pg->psql(qq{UPDATE chat.messages SET source = 'hello, edited', html = NULL,
+             edited_at = now() WHERE id = $m1});
+@pdus = wait_pdus(sub { grep { ($_->{content}{'m.relates_to'}{rel_type} // '') eq 'm.replace' } @_ });
+my ($edit) = grep { ($_->{content}{'m.relates_to'}{rel_type} // '') eq 'm.replace' } @pdus;
+ok $edit, 'an edit in place is sent as m.replace';
+is $edit && $edit->{content}{'m.relates_to'}{event_id}, $m1_id, 'of the original';
+is $edit && $edit->{content}{'m.new_content'}{body}, 'hello, edited', 'm.new_content';
+is $edit && $edit->{content}{body}, '* hello, edited', 'the "* " fallback';
+is $edit && $edit->{sender}, $ev->{sender}, 'by the same sender';
+events_ok([$edit || {}], 'the edit');
+
+($status, $json) = fed('GET', "/_matrix/federation/v1/event/$m1_id");
+my $orig = $json->{pdus}[0] || {};
+is $orig->{content}{body}, 'hello from the silo', 'the original is still served with its text';
+events_ok([$orig], 'the original, served after the edit');
+
+# --- a delete -------------------------------------------------------------------
+
+$pg->psql(qq{UPDATE chat.messages SET deleted_at = now() WHERE id = $m2});
+my ($m2_id) = map { $fake->check_event('10', $_, $KEYS)->{event_id} }
+              by_body('first words')->(@pdus);
+@pdus = wait_pdus(sub { grep { $_->{type} eq 'm.room.redaction' } @_ });
+my ($red) = grep { $_->{type} eq 'm.room.redaction' } @pdus;
+ok $red, 'a delete is sent as m.room.redaction';
+is $red && $red->{redacts}, $m2_id, 'redacts (top level, v10) the message';
+events_ok([$red || {}], 'the redaction');
+is $pg->psql(qq{SELECT redacted_by IS NOT NULL FROM matrix.events WHERE event_id = '$m2_id'}),
+   't', 'the message\'s event is marked redacted';
+
+# --- the receiver down: retried, the same transaction, across a reload ----------
+
+$fake->configure('remote.test', { behaviour => {
+    'PUT /_matrix/federation/v1/send/' => { status => 500 } } });
+$fake->reset;
+post($joined_author, "while down $_") for 1 .. 3;
+
+my @tries;
+for (1 .. 150) {
+    @tries = $fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/');
+    last if @tries >= 2;
+    sleep 0.1;
+}
+cmp_ok scalar @tries, '>=', 2, 'the failed transaction is tried again';
+is scalar(keys %{{ map { $_->{path} => 1 } @tries }}), 1,
+   'with the same txnId: ' . ($tries[0]{path} // '');
+is scalar(keys %{{ map { $JSON->encode($_->{json}{pdus}) => 1 } @tries }}), 1,
+   'with the same PDUs';
+
+$ngx->reload;
+post($joined_author, 'after the reload');
+$fake->configure('remote.test', { behaviour => undef });
+
+@pdus = wait_pdus(by_body('after the reload'), 60);
+my @bodies = grep { /^(while down|after the reload)/ }
+             map { $_->{content}{body} // '' } @pdus;
+is_deeply \@bodies, ['while down 1', 'while down 2', 'while down 3', 'after the reload'],
+   'all delivered once the receiver is back, in order';
+
+my %seen;
+my @dups = grep { $seen{$_->{path}}++ }
+           grep { ($_->{status} // 0) == 200 }
+           $fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/');
+is scalar @dups, 0, 'no transaction delivered twice (two workers)';
+
+is $pg->psql(q{SELECT count(*) FROM matrix.destinations
+               WHERE server_name = 'remote.test' AND failures = 0 AND txn_upto IS NULL}),
+   1, 'the destination is back to no back-off';
+is $pg->psql('SELECT count(*) FROM matrix.federation_outbox'), 0,
+   'and the outbox is empty (every destination is past it)';
+
+unlike $ngx->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/, 'no crash, no alert';
+
+done_testing;
