@@ -79,6 +79,8 @@ static ngx_int_t ngx_http_matrix_send_cited(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_send_appended(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_send_relayed(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_send_committed(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_send_reply(ngx_http_request_t *r,
@@ -135,6 +137,11 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_cited_stmt =
     ngx_http_matrix_pg_stmt(
         "SELECT pdu FROM events WHERE room_nid = $1 AND pdu IS NOT NULL "
         "AND event_id IN (SELECT jsonb_array_elements_text($2))", 2);
+
+/* the other servers of the room owe the join (sql/004_outbound.sql) */
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_relay_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT matrix_federation_enqueue($1, $2::bigint[], $3)", 3);
 
 /* silo border: is the room public */
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_public_stmt =
@@ -780,6 +787,7 @@ ngx_http_matrix_send_appended(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
     PGresult                      *res;
+    ngx_str_t                      values[3];
     ngx_http_matrix_membership_t  *m;
 
     m = op->data;
@@ -804,6 +812,30 @@ ngx_http_matrix_send_appended(ngx_http_request_t *r,
 
     ngx_memcpy(m->nid.data, PQgetvalue(res, 0, 0), m->nid.len);
 
+    /*
+     * The joining (leaving) server knows nobody else in the room: the
+     * resident server tells the others, with the room's next events.
+     */
+
+    values[0] = op->nid;
+    values[1].data = ngx_pnalloc(r->pool, m->nid.len + 2);
+    if (values[1].data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[1].len = ngx_sprintf(values[1].data, "{%V}", &m->nid)
+                    - values[1].data;
+    values[2] = op->ctx->mscf->server_name;
+
+    return ngx_http_matrix_room_run(op, &ngx_http_matrix_relay_stmt, values, 3,
+                                    ngx_http_matrix_send_relayed);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_send_relayed(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
     return ngx_http_matrix_room_commit(op, ngx_http_matrix_send_committed);
 }
 

@@ -323,6 +323,16 @@ is $pg->psql(q{SELECT count(*) FROM matrix.destinations
 is $pg->psql('SELECT count(*) FROM matrix.federation_outbox'), 0,
    'and the outbox is empty (every destination is past it)';
 
+# --- a remote join is relayed to the room's other servers ----------------------
+
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@dan:remote.test?ver=10");
+my $dan = $fake->sign_event('remote.test', '10', $json->{event});
+($status) = fed('PUT', "/_matrix/federation/v2/send_join/$ROOM/$dan->{event_id}", $dan->{event});
+is $status, 200, 'dan of remote.test joins';
+@pdus = wait_pdus(sub { grep { ($_->{state_key} // '') eq '@dan:remote.test' } @_ });
+ok((grep { ($_->{state_key} // '') eq '@dan:remote.test' } @pdus),
+   'the join goes out to the servers in the room with the next transaction');
+
 unlike $ngx->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/, 'no crash, no alert';
 
 done_testing;
