@@ -17,8 +17,9 @@
  *   - the sender's server must have signed it (its keys fetched if
  *     need be);
  *   - then under the room's lock: the sender's server must have a user
- *     joined (or this is a join), all its prev_events must be here
- *     ("missing prev events": they are not fetched yet), the room's
+ *     joined (or this is a join), all its prev_events must be here (a
+ *     gap is asked of the sending server once, get_missing_events, and
+ *     what comes checked first; else "missing prev events"), the room's
  *     server ACL must let the origin in, and the auth rules must allow
  *     it by the auth events it cites (else it is rejected) and by the
  *     room's current state (else it is soft-failed: stored, but not
@@ -37,6 +38,8 @@
 #include "ngx_http_matrix_room.h"
 #include "ngx_http_matrix_pdu.h"
 #include "ngx_http_matrix_silo_api.h"
+#include "ngx_http_matrix_http.h"
+#include "ngx_http_matrix_destination.h"
 
 #include <mx_auth.h>
 
@@ -45,6 +48,10 @@
 #define NGX_HTTP_MATRIX_TXN_EDUS   100
 #define NGX_HTTP_MATRIX_PREV_MAX   20      /* prev_events of a received event */
 #define NGX_HTTP_MATRIX_AUTH_MAX   10      /* auth_events */
+#define NGX_HTTP_MATRIX_TXN_GAPS   3       /* get_missing_events asked, per
+                                              transaction */
+#define NGX_HTTP_MATRIX_GAP_EVENTS 10      /* events asked, per gap */
+#define NGX_HTTP_MATRIX_GAP_MAX    (1024 * 1024)  /* bytes of an answer */
 
 
 typedef struct {
@@ -59,6 +66,12 @@ typedef struct {
     ngx_http_matrix_room_head_t    *head;
     unsigned                        redacted:1;
     unsigned                        soft_failed:1;
+
+    /* a gap before the PDU at hand, filled from its server */
+    ngx_uint_t                      gaps;          /* asked so far */
+    size_t                          fetched;       /* the next PDUs are the
+                                                      gap's: not answered */
+    unsigned                        retrying:1;    /* its gap was asked */
 } ngx_http_matrix_txn_t;
 
 
@@ -94,6 +107,13 @@ static ngx_int_t ngx_http_matrix_txn_end(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_txn_stored(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
+static void ngx_http_matrix_txn_advance(ngx_http_matrix_txn_t *t);
+static ngx_int_t ngx_http_matrix_txn_gap(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static void ngx_http_matrix_txn_gap_resolved(ngx_http_matrix_dest_t *d);
+static void ngx_http_matrix_txn_gap_answered(ngx_http_matrix_http_req_t *hr);
+static void ngx_http_matrix_txn_gap_fill(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_txn_event_release(void *data);
 static void ngx_http_matrix_txn_json_release(void *data);
 
@@ -283,7 +303,7 @@ ngx_http_matrix_txn_next(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "matrix transaction from \"%V\": PDU %uz has no "
                       "room ID, ignored", &op->ctx->origin, t->next);
-        t->next++;
+        ngx_http_matrix_txn_advance(t);
     }
 
     id.len = json_string_length(room_id);
@@ -341,7 +361,7 @@ ngx_http_matrix_txn_room(ngx_http_request_t *r,
             }
         }
 
-        t->next++;
+        ngx_http_matrix_txn_advance(t);
         return ngx_http_matrix_txn_next(r, op);
     }
 
@@ -378,7 +398,7 @@ ngx_http_matrix_txn_room(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "matrix transaction from \"%V\": PDU %uz: %s, ignored",
                       &op->ctx->origin, t->next, error);
-        t->next++;
+        ngx_http_matrix_txn_advance(t);
         return ngx_http_matrix_txn_next(r, op);
     }
 
@@ -386,7 +406,7 @@ ngx_http_matrix_txn_room(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    t->next++;
+    ngx_http_matrix_txn_advance(t);
 
     return ngx_http_matrix_txn_next(r, op);
 }
@@ -509,7 +529,7 @@ ngx_http_matrix_txn_signed(ngx_http_matrix_pdu_check_t *pc)
             rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
 
         } else {
-            t->next++;
+            ngx_http_matrix_txn_advance(t);
             rc = ngx_http_matrix_txn_next(op->r, op);
         }
     }
@@ -615,6 +635,24 @@ ngx_http_matrix_txn_checked(ngx_http_request_t *r,
         return ngx_http_matrix_room_commit(op, ngx_http_matrix_txn_done);
     }
 
+    /*
+     * A gap before it: once per PDU (and a few times per transaction),
+     * the lock let go and its server asked for what is missing
+     * (get_missing_events); what comes is checked like the PDUs sent,
+     * before this one is tried again.
+     */
+
+    if (json_integer_value(json_object_get(check, "missing")) != 0
+        && !t->retrying && t->fetched == 0
+        && t->gaps < NGX_HTTP_MATRIX_TXN_GAPS)
+    {
+        json_decref(check);
+        t->gaps++;
+        t->retrying = 1;
+
+        return ngx_http_matrix_room_commit(op, ngx_http_matrix_txn_gap);
+    }
+
     error = ngx_http_matrix_txn_auth(op, check);
     json_decref(check);
 
@@ -686,7 +724,7 @@ ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op, json_t *check)
     t = op->data;
 
     if (json_integer_value(json_object_get(check, "missing")) != 0) {
-        /* TODO: get_missing_events, then the state at the gap */
+        /* asked for already (or too many gaps): the sender backfills */
         return "missing prev events";
     }
 
@@ -866,7 +904,7 @@ ngx_http_matrix_txn_refused(ngx_http_request_t *r,
     ngx_http_matrix_txn_t  *t;
 
     t = op->data;
-    t->next++;
+    ngx_http_matrix_txn_advance(t);
 
     return ngx_http_matrix_txn_next(r, op);
 }
@@ -886,7 +924,7 @@ ngx_http_matrix_txn_done(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    t->next++;
+    ngx_http_matrix_txn_advance(t);
 
     return ngx_http_matrix_txn_next(r, op);
 }
@@ -900,6 +938,11 @@ ngx_http_matrix_txn_result(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_txn_t  *t;
 
     t = op->data;
+
+    if (t->fetched) {
+        /* an event of a gap: the sender did not send it, nor is answered */
+        return NGX_OK;
+    }
 
     v = error ? json_pack("{s:s}", "error", error) : json_object();
 
@@ -984,4 +1027,221 @@ static void
 ngx_http_matrix_txn_json_release(void *data)
 {
     json_decref(data);
+}
+
+
+/* on to the next PDU: one of a gap's, or past the one at hand */
+
+static void
+ngx_http_matrix_txn_advance(ngx_http_matrix_txn_t *t)
+{
+    if (t->fetched) {
+        t->fetched--;
+
+    } else {
+        t->retrying = 0;
+    }
+
+    t->next++;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_txn_gap(ngx_http_request_t *r, ngx_http_matrix_room_op_t *op)
+{
+    ngx_http_matrix_dest_t  *d;
+
+    d = ngx_http_matrix_dest_create((ngx_cycle_t *) ngx_cycle, r->pool,
+                                    r->connection->log);
+    if (d == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    d->server_name = op->ctx->origin;
+    d->handler = ngx_http_matrix_txn_gap_resolved;
+    d->data = op;
+
+    if (ngx_http_matrix_dest_resolve(d) != NGX_OK) {
+        /* no gap filled: the PDU is tried again, and refused */
+        return ngx_http_matrix_txn_next(r, op);
+    }
+
+    return NGX_DONE;
+}
+
+
+/* POST get_missing_events: from our extremities to the PDU, at most 10 */
+
+static void
+ngx_http_matrix_txn_gap_resolved(ngx_http_matrix_dest_t *d)
+{
+    char                        *text;
+    json_t                      *body;
+    ngx_int_t                    rc;
+    ngx_http_request_t          *r;
+    ngx_http_matrix_txn_t       *t;
+    ngx_http_matrix_room_op_t   *op;
+    ngx_http_matrix_http_req_t  *hr;
+    ngx_http_matrix_srv_conf_t  *mscf;
+    u_char                      *p;
+
+    op = d->data;
+    r = op->r;
+    t = op->data;
+    mscf = op->ctx->mscf;
+
+    if (d->status != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "matrix transaction from \"%V\": a gap before %s "
+                      "cannot be asked for: %V", &op->ctx->origin,
+                      t->ev->event_id, &d->error);
+        ngx_http_matrix_room_continue(op, ngx_http_matrix_txn_next(r, op));
+        return;
+    }
+
+    body = json_pack("{s:O,s:[s],s:i,s:i}",
+                     "earliest_events", t->head->prev_events,
+                     "latest_events", t->ev->event_id,
+                     "limit", NGX_HTTP_MATRIX_GAP_EVENTS,
+                     "min_depth", 0);
+    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+
+    hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle, r->pool,
+                                     r->connection->log);
+
+    if (text == NULL || hr == NULL) {
+        free(text);
+        ngx_http_matrix_room_continue(op, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    hr->body.len = ngx_strlen(text);
+    hr->body.data = ngx_pnalloc(r->pool, hr->body.len);
+    hr->uri.data = ngx_pnalloc(r->pool, sizeof("/_matrix/federation/v1/"
+                                               "get_missing_events/") - 1
+                                        + 3 * op->room_id.len);
+
+    if (hr->body.data == NULL || hr->uri.data == NULL) {
+        free(text);
+        ngx_http_matrix_room_continue(op, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_memcpy(hr->body.data, text, hr->body.len);
+    free(text);
+
+    p = ngx_cpymem(hr->uri.data, "/_matrix/federation/v1/get_missing_events/",
+                   sizeof("/_matrix/federation/v1/get_missing_events/") - 1);
+    p = (u_char *) ngx_escape_uri(p, op->room_id.data, op->room_id.len,
+                                  NGX_ESCAPE_URI_COMPONENT);
+    hr->uri.len = p - hr->uri.data;
+
+    hr->host = d->host;
+    hr->port = d->port;
+    hr->host_header = d->host_header;
+    hr->tls_name = d->tls_name;
+    ngx_str_set(&hr->method, "POST");
+    hr->max_response = NGX_HTTP_MATRIX_GAP_MAX;
+    hr->sign_key = mscf->signing_keys->elts;
+    hr->origin = mscf->server_name;
+    hr->destination = op->ctx->origin;
+    hr->handler = ngx_http_matrix_txn_gap_answered;
+    hr->data = op;
+
+    if (ngx_http_matrix_http_send(hr) != NGX_OK) {
+        rc = ngx_http_matrix_txn_next(r, op);
+        ngx_http_matrix_room_continue(op, rc);
+    }
+}
+
+
+static void
+ngx_http_matrix_txn_gap_answered(ngx_http_matrix_http_req_t *hr)
+{
+    ngx_http_matrix_room_op_t  *op;
+
+    op = hr->data;
+
+    if (hr->status == 200) {
+        ngx_http_matrix_txn_gap_fill(op, hr);
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, op->r->connection->log, 0,
+                      "matrix transaction from \"%V\": get_missing_events "
+                      "answered %ui %V", &op->ctx->origin, hr->status,
+                      &hr->error);
+    }
+
+    ngx_http_matrix_room_continue(op, ngx_http_matrix_txn_next(op->r, op));
+}
+
+
+/*
+ * The events of the gap, oldest first, put before the PDU at hand: each
+ * is checked like a PDU that was sent (and, being the gap's, not
+ * answered), then the PDU is tried again.
+ */
+
+static void
+ngx_http_matrix_txn_gap_fill(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_http_req_t *hr)
+{
+    size_t                  i, j, n;
+    json_t                 *answer, *events, *a, *b;
+    mx_err_t                err;
+    ngx_http_matrix_txn_t  *t;
+
+    t = op->data;
+
+    answer = mx_json_parse((char *) hr->response.data, hr->response.len, 0,
+                           &err);
+    events = json_object_get(answer, "events");
+    n = json_array_size(events);
+
+    if (n > NGX_HTTP_MATRIX_GAP_EVENTS) {
+        n = NGX_HTTP_MATRIX_GAP_EVENTS;
+    }
+
+    /* by depth: a few events, an insertion sort */
+
+    for (i = 1; i < n; i++) {
+        for (j = i; j > 0; j--) {
+            a = json_array_get(events, j - 1);
+            b = json_array_get(events, j);
+
+            if (json_integer_value(json_object_get(a, "depth"))
+                <= json_integer_value(json_object_get(b, "depth")))
+            {
+                break;
+            }
+
+            json_incref(a);
+            json_array_set(events, j - 1, b);
+            json_array_set_new(events, j, a);
+        }
+    }
+
+    for (i = 0, j = 0; i < n; i++) {
+        a = json_array_get(events, i);
+
+        /* of this room only: the gap is this room's */
+
+        if (json_is_object(a)
+            && json_is_string(json_object_get(a, "room_id"))
+            && ngx_strcmp(json_string_value(json_object_get(a, "room_id")),
+                          op->room_id.data) == 0
+            && json_array_insert(t->pdus, t->next + j, a) == 0)
+        {
+            j++;
+        }
+    }
+
+    t->fetched = j;
+
+    ngx_log_error(NGX_LOG_INFO, op->r->connection->log, 0,
+                  "matrix transaction from \"%V\": %uz events of a gap "
+                  "before %s", &op->ctx->origin, j, t->ev->event_id);
+
+    json_decref(answer);
 }

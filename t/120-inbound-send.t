@@ -339,7 +339,29 @@ is $pg->psql(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id IN ('$d
 
 my ($g1, $gid1) = event(prev => ['$notanevent'], content => text('after a gap'));
 ($status, $json) = send_txn([$g1]);
-is $json->{pdus}{$gid1}{error}, 'missing prev events', 'prev events we lack: an error (not fetched yet)';
+is $json->{pdus}{$gid1}{error}, 'missing prev events',
+   'prev events we lack and its server does not give: an error';
+ok((grep { $_->{path} =~ m{^/_matrix/federation/v1/get_missing_events/} }
+    $fake->requests(method => 'POST')), 'after asking its server for them');
+
+# a gap its server fills: the missing event comes by get_missing_events,
+# is checked and stored first, and the PDU sent after it is accepted
+my ($gap, $gap_id) = event(content => text('the one in the gap'));
+my ($after, $after_id) = event(prev => [$gap_id], depth => $gap->{depth} + 1,
+                               content => text('the one after the gap'));
+$fake->configure_global({ keys => { 'module.test' => { 'ed25519:1' => $MatrixTest::SPEC_PUBLIC_KEY } } });
+$fake->configure('remote.test', { behaviour => {
+    'POST /_matrix/federation/v1/get_missing_events/' => { json => { events => [$gap] } } } });
+($status, $json) = send_txn([$after]);
+is_deeply $json->{pdus}, { $after_id => {} },
+   "a PDU after a gap its server fills: accepted (and only it answered)" or diag encode_json($json);
+is $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id IN ('$gap_id', '$after_id')}), 2,
+   'both stored';
+is eventually(qq{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages
+                  WHERE matrix_event_id IN ('$gap_id', '$after_id')},
+              'the one in the gap / the one after the gap'),
+   'the one in the gap / the one after the gap', 'both delivered, in order';
+$fake->configure('remote.test', { behaviour => undef });
 
 my ($f1, $fid1) = event(content => text('forged'));
 my $forged = $fake->sign_event('remote.test', '10',
