@@ -213,6 +213,7 @@ echo "first message to $DESTS servers (their rows created):" \
      "$(( (e - s) / 1000000 )) ms"
 
 w0=$(writes)
+table_writes > $run/tables.0
 post 1; e=$(arrived 1)
 one_ms=$(( (e - s) / 1000000 )); one_probe=$probe
 w1=$(writes)
