@@ -1,0 +1,178 @@
+#!/bin/sh
+# bench/send: inbound PDUs/s: PUT /_matrix/federation/v1/send/{txnId}
+# from a remote server joined to a silo room, TXNS transactions of 50
+# m.room.message PDUs each, every PDU checked (event hash, signature,
+# room, membership, prev events, auth rules against its auth events and
+# the room's state), stored and queued for the silo (silo_outbox) before
+# the 200; one nginx worker pinned to core 0.  Next to it, the raw
+# libsodium ed25519 verify rate on the same core in the same run
+# (bench/xmatrix/verify_rate.c), and the ratio: every PDU costs at least
+# one verify (its signature), each transaction one more (X-Matrix), so
+# the ratio is at most ~0.98; what it is below that is the hashing, the
+# JSON, the checks and the database.
+#
+# The room: bench/lib.sh's generated silo (its own tables behind the
+# contract's views), a room of MEMBERS members and MESSAGES messages by
+# AUTHORS authors, made a Matrix room (its last HISTORY messages) by the
+# first make_join of @s0:remote.test (the fake homeserver,
+# t/tools/fake_hs.py), who joins.
+#
+# The transactions (bench/send/send.py build): one chain of TXNS x 50
+# PDUs of @s0:remote.test on top of the room's head, each on the one
+# before (depth + 1), auth events create, power levels and the sender's
+# join; hashed and signed by the fake, each transaction's X-Matrix
+# header signed over its body: all made before anything is timed.
+# Then sent one after the other on one keep-alive connection from core
+# 1 (each transaction's first PDU names the last of the one before, so
+# they cannot overlap); every answer must be 200 with {} for all 50.
+#
+# The silo: matrix_silo_api points at bench/send/silo_stub.py (core 1),
+# which answers every write at once (200 {"message_id": ...}) and stores
+# nothing: the silo's own speed is not measured, but the module's
+# delivery of the queued writes (one HTTP request per message, in the
+# same worker) runs during the measurement, as in production.  SILO=off
+# points it at a closed port instead: the writes stay queued (retried
+# after a back-off) and the rate is that of accepting alone.
+#
+# After the run: the room must have TXNS x 50 more m.room.message
+# events of remote.test, each queued for the silo once (delivered to the
+# stub, or still in silo_outbox).
+#
+#   sh bench/send/run.sh   (TXNS, MEMBERS, MESSAGES, AUTHORS, HISTORY,
+#                           SILO, PORT from the env)
+
+set -e
+cd "$(dirname "$0")/../.."
+
+. bench/lib.sh
+
+TXNS=${TXNS:-100}
+MEMBERS=${MEMBERS:-1000}
+MESSAGES=${MESSAGES:-1000}
+AUTHORS=${AUTHORS:-50}
+HISTORY=${HISTORY:-1000}
+SILO=${SILO:-stub}
+PORT=${PORT:-18453}
+SILO_PORT=${SILO_PORT:-18454}
+ROOM='!r1:bench.test'
+CC=${CC:-cc}
+
+die() { echo "bench/send: $*" >&2; exit 1; }
+
+[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
+[ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
+[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
+for t in psql taskset perl $CC; do
+    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
+done
+case $SILO in stub|off) ;; *) die "SILO: stub or off" ;; esac
+[ $TXNS -ge 1 ] || die "TXNS must be at least 1"
+
+sql() {
+    psql -X -q -A -t -v ON_ERROR_STOP=1 -h $run -U postgres -d bench "$@"
+}
+
+t0=$(date +%s)
+bench_fed_start send $MEMBERS
+bench_silo_room $run bench 1 $MEMBERS $MESSAGES $AUTHORS
+echo "silo: a room of $MEMBERS members, $MESSAGES messages by $AUTHORS authors:" \
+     "$(($(date +%s) - t0)) s"
+
+# the stub silo, stopped with everything else (bench_fed_cleanup)
+stub_stop() {
+    [ -f $run/stub.pid ] && kill $(cat $run/stub.pid) 2>/dev/null || true
+    bench_fed_cleanup
+}
+trap stub_stop EXIT
+printf 'bench-send-token-%s\n' "$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')" \
+    > $run/silo.token
+if [ "$SILO" = stub ]; then
+    taskset -c 1 /usr/bin/python3 bench/send/silo_stub.py $SILO_PORT \
+        > $run/stub.log 2>&1 &
+    echo $! > $run/stub.pid
+    for i in $(seq 50); do
+        grep -q ready $run/stub.log && break
+        sleep 0.1
+    done
+    grep -q ready $run/stub.log || { cat $run/stub.log >&2; die "the stub silo did not start"; }
+fi
+
+bench_fed_nginx $run $PORT "matrix_room_history $HISTORY;
+    matrix_silo_api http://127.0.0.1:$SILO_PORT/internal/matrix/ token_file=$run/silo.token;"
+
+# the room made, @s0:remote.test joined
+taskset -c 1 /usr/bin/python3 bench/fed.py create http://127.0.0.1:$PORT \
+    $CONTROL s "$ROOM" > $run/create.out \
+    || { cat $run/create.out; tail -20 $run/logs/error.log >&2;
+         die "making the room failed"; }
+nid=$(sql -c "SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '$ROOM'")
+sql -c 'ANALYZE matrix.events; ANALYZE matrix.room_state;
+        ANALYZE matrix.forward_extremities; ANALYZE matrix.matrix_rooms'
+
+state_id() {
+    sql -c "SELECT e.event_id FROM matrix.room_state s
+              JOIN matrix.events e ON e.nid = s.event_nid
+             WHERE s.room_nid = $nid AND s.type = '$1' AND s.state_key = '$2'"
+}
+head=$(sql -F ' ' -c "SELECT e.event_id, e.depth + 1
+    FROM matrix.forward_extremities f JOIN matrix.events e ON e.nid = f.event_nid
+   WHERE f.room_nid = $nid ORDER BY e.depth DESC LIMIT 1")
+[ -n "$head" ] || die "the room has no head"
+
+# the memberships queued by the join delivered first (or, SILO=off, left)
+[ "$SILO" = stub ] && for i in $(seq 100); do
+    [ "$(sql -c 'SELECT count(*) FROM matrix.silo_outbox')" = 0 ] && break
+    sleep 0.1
+done
+
+t0=$(date +%s)
+taskset -c 1 /usr/bin/python3 bench/send/send.py build $CONTROL $run/txns \
+    $TXNS "$ROOM" $head "$(state_id m.room.create '')" \
+    "$(state_id m.room.power_levels '')" \
+    "$(state_id m.room.member '@s0:remote.test')" \
+    || die "building the transactions failed"
+echo "send: $TXNS transactions of 50 PDUs signed by remote.test" \
+     "($(wc -c < $run/txns) bytes): $(($(date +%s) - t0)) s"
+
+before=$(sql -c "SELECT count(*) FROM matrix.events WHERE room_nid = $nid")
+
+taskset -c 1 /usr/bin/python3 bench/send/send.py run http://127.0.0.1:$PORT \
+    $run/txns > $run/send.out \
+    || { cat $run/send.out; tail -20 $run/logs/error.log >&2;
+         die "sending failed"; }
+summary=$(grep '^summary ' $run/send.out)
+v() { echo "$summary" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
+# what was accepted is stored and queued for the silo, once each
+want=$((TXNS * 50))
+stored=$(sql -c "SELECT count(*) FROM matrix.events WHERE room_nid = $nid
+                   AND type = 'm.room.message' AND sender = '@s0:remote.test'
+                   AND NOT soft_failed")
+[ $(($(sql -c "SELECT count(*) FROM matrix.events WHERE room_nid = $nid") - before)) = $want ] \
+    && [ "$stored" = $want ] || die "$stored messages stored, not $want"
+# each queued for the silo once: given to the stub, or still queued
+queued=$(sql -c "SELECT count(*) FROM matrix.silo_outbox WHERE kind = 'message'")
+if [ "$SILO" = stub ]; then
+    got=$(curl -s http://127.0.0.1:$SILO_PORT/_stub/count | cut -d' ' -f1)
+    [ $((got + queued)) = $want ] \
+        || die "$got messages given to the silo and $queued queued, not $want"
+    silo_note="$got of them given to the stub silo by the last 200, $queued still queued"
+else
+    [ "$queued" = $want ] || die "$queued messages queued for the silo, not $want"
+    silo_note="all $want queued in silo_outbox (silo off)"
+fi
+echo "send: $want PDUs stored as $want events; $silo_note"
+
+$CC -O2 -Wall -Wextra -o $run/verify_rate bench/xmatrix/verify_rate.c -lsodium \
+    || die "cannot build bench/xmatrix/verify_rate.c (libsodium-dev)"
+verify=$(taskset -c 0 $run/verify_rate 1.5)
+
+if grep -E '\[(alert|crit|error|emerg)\]' $run/logs/error.log >$run/errors; then
+    echo "warning: nginx logged $(wc -l <$run/errors) [alert]/[crit]/[error] lines, the first ones:" >&2
+    head -5 $run/errors >&2
+fi
+
+echo "send: $(v pdus) PDUs in $(v seconds) s; a transaction of 50:" \
+     "median $(v txn_med_ms) ms, p90 $(v txn_p90_ms) ms"
+awk -v r=$(v rate) -v v=$verify 'BEGIN {
+    printf "send: %d PDUs/s accepted (one worker, silo '"$SILO"') vs raw ed25519 verify %d/s (one core), ratio %.3f\n", r, v, r / v }'
