@@ -315,7 +315,13 @@ ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
     sa->nrows = n;
     sa->next = 0;
 
-    if (n == NGX_HTTP_MATRIX_SILO_BATCH) {
+    /*
+     * A pass takes the first write of each room only: when it had any,
+     * the next pass follows at once with the rooms' next ones, so that a
+     * burst reaches the silo at the silo's pace, not one a second.
+     */
+
+    if (n > 0) {
         sa->again = 1;
     }
 
