@@ -46,7 +46,8 @@ typedef struct {
     ngx_http_matrix_srv_conf_t     *mscf;
     ngx_uint_t                      jobs;          /* destinations in
                                                       flight */
-    unsigned                        busy:1;
+    ngx_uint_t                      limit;         /* of the claim */
+    unsigned                        busy:1;        /* claiming */
     unsigned                        again:1;
 } ngx_http_matrix_sender_t;
 
@@ -197,6 +198,11 @@ ngx_http_matrix_sender_tick(ngx_event_t *ev)
         return;
     }
 
+    if (s->jobs >= NGX_HTTP_MATRIX_SENDER_DESTS) {
+        /* every slot sending: the next to end claims again */
+        return;
+    }
+
     pg = ngx_http_matrix_pg_of_cycle();
     if (pg == NULL) {
         ngx_add_timer(&s->timer, NGX_HTTP_MATRIX_SENDER_PERIOD);
@@ -211,7 +217,6 @@ ngx_http_matrix_sender_tick(ngx_event_t *ev)
 
     s->busy = 1;
     s->again = 0;
-    s->jobs = 0;
 
     s->q = ngx_http_matrix_pg_query_create(pg, s->pool, s->log);
     if (s->q == NULL) {
@@ -221,7 +226,8 @@ ngx_http_matrix_sender_tick(ngx_event_t *ev)
 
     v[0] = ngx_http_matrix_now_ms();
     v[1] = NGX_HTTP_MATRIX_SENDER_LEASE;
-    v[2] = NGX_HTTP_MATRIX_SENDER_DESTS;
+    v[2] = NGX_HTTP_MATRIX_SENDER_DESTS - s->jobs;
+    s->limit = v[2];
     v[3] = NGX_HTTP_MATRIX_SENDER_PER_ROOM;
     v[4] = NGX_HTTP_MATRIX_SENDER_PDUS;
 
@@ -265,23 +271,20 @@ ngx_http_matrix_sender_claimed(ngx_http_matrix_pg_query_t *q)
 
     n = PQntuples(q->result);
 
-    if (n == NGX_HTTP_MATRIX_SENDER_DESTS) {
+    if ((ngx_uint_t) n == s->limit) {
         s->again = 1;
     }
 
-    /* counted first: a job may end at once */
-    s->jobs = n + 1;
-
     for (row = 0; row < n; row++) {
+        s->jobs++;
+
         if (ngx_http_matrix_sender_job(s, q->result, row) != NGX_OK) {
             /* its lease ends by itself; the transaction is tried then */
             s->jobs--;
         }
     }
 
-    if (--s->jobs == 0) {
-        ngx_http_matrix_sender_pass_end(s);
-    }
+    ngx_http_matrix_sender_pass_end(s);
 }
 
 
@@ -625,8 +628,20 @@ ngx_http_matrix_sender_job_end(ngx_http_matrix_sender_job_t *j)
     /* last: we may be in a call of one of its objects */
     ngx_destroy_pool(j->pool);
 
-    if (--s->jobs == 0) {
-        ngx_http_matrix_sender_pass_end(s);
+    s->jobs--;
+
+    /*
+     * A slot is free: a destination due meanwhile is claimed now, not
+     * after the slowest of the others (a dead server holds one slot for
+     * its timeout, never the rest).
+     */
+
+    if (!s->busy && !ngx_exiting && !ngx_terminate) {
+        if (s->timer.timer_set) {
+            ngx_del_timer(&s->timer);
+        }
+
+        ngx_add_timer(&s->timer, 1);
     }
 }
 
