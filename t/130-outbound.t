@@ -81,13 +81,15 @@ sub eventually {
     return $got;
 }
 
-my $fake = MatrixFakeHS->start(names => ['remote.test']);
+my $fake = MatrixFakeHS->start(names => ['remote.test', 'slow.test']);
 my $dns = MatrixDNS->start(records => {
     'remote.test' => { A => '127.0.0.1' },
     '_matrix-fed._tcp.remote.test' => { SRV => [[10, 5, $fake->port, 'remote.test']] },
+    'slow.test' => { A => '127.0.0.1' },
+    '_matrix-fed._tcp.slow.test' => { SRV => [[10, 5, $fake->port, 'slow.test']] },
 });
 
-my $ngx = MatrixNginx->start(workers => 2, http => <<"EOF",
+my $HTTP = <<"EOF";
     matrix_server_name module.test;
     matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
     matrix_postgres "@{[ $pg->conninfo ]}" max=4 timeout=10s;
@@ -97,6 +99,7 @@ my $ngx = MatrixNginx->start(workers => 2, http => <<"EOF",
     client_body_buffer_size 1m;
     matrix_silo_api http://127.0.0.1:$silo_port/internal/matrix/ token_file=$token_file;
 EOF
+my $ngx = MatrixNginx->start(workers => 2, http => $HTTP,
     server => '        location /_matrix/ { matrix; }');
 
 # the silo's rooms get their IDs from the directory; here, by hand
@@ -124,8 +127,8 @@ sub events_ok {
 }
 
 sub fed {
-    my ($method, $uri, $content) = @_;
-    my $auth = $fake->x_matrix('remote.test', method => $method, uri => $uri,
+    my ($method, $uri, $content, $as) = @_;
+    my $auth = $fake->x_matrix($as // 'remote.test', method => $method, uri => $uri,
                                destination => 'module.test',
                                defined $content ? (content => $content) : ());
     my ($status, $head, $body) = $ngx->request($method, $uri,
@@ -332,6 +335,34 @@ is $status, 200, 'dan of remote.test joins';
 @pdus = wait_pdus(sub { grep { ($_->{state_key} // '') eq '@dan:remote.test' } @_ });
 ok((grep { ($_->{state_key} // '') eq '@dan:remote.test' } @pdus),
    'the join goes out to the servers in the room with the next transaction');
+
+# --- a server that hangs does not hold up the others ---------------------------
+
+# one worker, so that no other worker can step in for a stuck one
+unlike $ngx->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/,
+       'no crash, no alert (two workers)';
+$ngx->stop;
+$ngx = MatrixNginx->start(workers => 1, http => $HTTP,
+    server => '        location /_matrix/ { matrix; }');
+
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@sam:slow.test?ver=10",
+                       undef, 'slow.test');
+my $sam = $fake->sign_event('slow.test', '10', $json->{event});
+($status) = fed('PUT', "/_matrix/federation/v2/send_join/$ROOM/$sam->{event_id}",
+                $sam->{event}, 'slow.test');
+is $status, 200, 'sam of slow.test joins';
+$fake->configure('slow.test', { behaviour => {
+    'PUT /_matrix/federation/v1/send/' => { delay_ms => 20000 } } });
+
+post($joined_author, 'while slow.test hangs 1');
+wait_pdus(by_body('while slow.test hangs 1'));
+my $t0 = Time::HiRes::time();
+post($joined_author, 'while slow.test hangs 2');
+@pdus = wait_pdus(by_body('while slow.test hangs 2'), 15);
+ok((grep { ($_->{content}{body} // '') eq 'while slow.test hangs 2' } @pdus),
+   'remote.test gets the next message while slow.test still hangs');
+cmp_ok Time::HiRes::time() - $t0, '<', 10, 'well before slow.test\'s 20 s';
+$fake->configure('slow.test', { behaviour => undef });
 
 unlike $ngx->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/, 'no crash, no alert';
 
