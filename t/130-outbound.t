@@ -9,135 +9,20 @@ use warnings;
 
 use Test::More;
 use JSON::PP;
-use FindBin;
 
-use MatrixPg;
-use MatrixNginx;
-use MatrixFakeHS;
-use MatrixDNS;
-use MatrixTest;
-use MatrixSpec;
-use IPC::Run qw(start);
-use HTTP::Tiny;
+use MatrixRoomTest;
 use Time::HiRes qw(sleep);
 
-plan skip_all => 'no PostgreSQL server' unless MatrixPg::available();
-plan skip_all => 'no python3-aiohttp/signedjson' unless MatrixFakeHS::available();
-plan skip_all => 'MATRIX_TOOL is not set' unless $ENV{MATRIX_TOOL};
-plan skip_all => MatrixSpec::skip_reason() if MatrixSpec::skip_reason();
+plan skip_all => MatrixRoomTest::skip_reason() if MatrixRoomTest::skip_reason();
 
-my $spec = MatrixSpec->start;
-my $KEYS = { 'module.test' => { 'ed25519:1' => $MatrixTest::SPEC_PUBLIC_KEY } };
-
-my $SILO = "$FindBin::Bin/../examples/silo";
+my $t = MatrixRoomTest->start(names => ['remote.test', 'slow.test'], workers => 2);
+my ($pg, $fake, $ngx, $spec) = ($t->pg, $t->fake, $t->ngx, $t->spec);
+my $KEYS = $t->verify_keys;
 my $JSON = JSON::PP->new->canonical;
 
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die "$path: $!";
-    local $/;
-    return scalar <$fh>;
-}
-
-my $pg = MatrixPg->start;
-$pg->psql(slurp("$SILO/schema.sql"));
-$pg->psql(slurp("$SILO/seed.sql"));
-system($ENV{MATRIX_TOOL}, 'migrate', $pg->conninfo) == 0
-    or BAIL_OUT('matrix-tool migrate failed');
-$pg->psql(slurp("$SILO/matrix.sql"));
-
-# the reference silo's own server, for its internal API
-my $TOKEN = 'silo-test-token-' . ('q9' x 12);
-my $token_file = MatrixTest::write_file("$pg->{dir}/silo.token", "$TOKEN\n", 0600);
-my $silo_port = MatrixNginx::_free_port();
-my $silo_log = '';
-my @silo_cmd = ('/usr/bin/python3', "$SILO/silo.py", '--dsn', $pg->conninfo,
-                '--listen', "127.0.0.1:$silo_port",
-                '--internal-token-file', $token_file);
-
-sub silo_start {
-    my $h = start \@silo_cmd, '<', \undef, '>&', \$silo_log;
-    for (1 .. 200) {
-        $h->pump_nb;
-        return $h if HTTP::Tiny->new(timeout => 2)
-                         ->get("http://127.0.0.1:$silo_port/healthz")->{status} == 200;
-        sleep 0.1;
-    }
-    BAIL_OUT("silo.py did not start: $silo_log");
-}
-
-my $silo = silo_start();
-END { local $?; $silo->kill_kill(grace => 3) if $silo && $silo->pumpable }
-
-# polls SQL until it gives WANT (10 s at most)
-sub eventually {
-    my ($sql, $want) = @_;
-    my $got;
-    for (1 .. 100) {
-        $got = $pg->psql($sql);
-        return $got if $got eq $want;
-        sleep 0.1;
-    }
-    return $got;
-}
-
-my $fake = MatrixFakeHS->start(names => ['remote.test', 'slow.test']);
-my $dns = MatrixDNS->start(records => {
-    'remote.test' => { A => '127.0.0.1' },
-    '_matrix-fed._tcp.remote.test' => { SRV => [[10, 5, $fake->port, 'remote.test']] },
-    'slow.test' => { A => '127.0.0.1' },
-    '_matrix-fed._tcp.slow.test' => { SRV => [[10, 5, $fake->port, 'slow.test']] },
-});
-
-my $HTTP = <<"EOF";
-    matrix_server_name module.test;
-    matrix_signing_key $ENV{TEST_NGINX_MATRIX_KEY};
-    matrix_postgres "@{[ $pg->conninfo ]}" max=4 timeout=10s;
-    matrix_federation_resolver @{[ $dns->resolver ]} ipv6=off;
-    matrix_federation_trusted_certificate @{[ $fake->ca_file ]};
-    matrix_federation_allow_ip 127.0.0.0/8;
-    client_body_buffer_size 1m;
-    matrix_silo_api http://127.0.0.1:$silo_port/internal/matrix/ token_file=$token_file;
-EOF
-my $ngx = MatrixNginx->start(workers => 2, http => $HTTP,
-    server => '        location /_matrix/ { matrix; }');
-
-# the silo's rooms get their IDs from the directory; here, by hand
-$pg->psql(q{INSERT INTO matrix.matrix_rooms (room_id, silo_room_id, room_version)
-            VALUES ('!general:module.test', '1', '10'),
-                   ('!random:module.test', '2', '10'),
-                   ('!private:module.test', '3', '10')});
-
-# every event this server serves: hash, signature and event ID as an
-# independent implementation (t/tools/mx_event.py) sees them
-sub events_ok {
-    my ($events, $name, $ids) = @_;
-    my ($bad, $i) = (0, 0);
-    for my $ev (@$events) {
-        my $c = $fake->check_event('10', $ev, $KEYS);
-        my $want_id = $ids ? $ids->[$i] : undef;
-        if (!$c->{signatures_ok} || !$c->{hash_ok}
-            || (defined $want_id && $c->{event_id} ne $want_id)) {
-            diag "$name: event $i: " . encode_json($c) unless $bad++;
-        }
-        $i++;
-    }
-    is $bad, 0, "$name: every event's hash, signature and ID check out ("
-              . scalar(@$events) . ")";
-}
-
-sub fed {
-    my ($method, $uri, $content, $as) = @_;
-    my $auth = $fake->x_matrix($as // 'remote.test', method => $method, uri => $uri,
-                               destination => 'module.test',
-                               defined $content ? (content => $content) : ());
-    my ($status, $head, $body) = $ngx->request($method, $uri,
-        defined $content ? $JSON->encode($content) : undef,
-        Authorization => $auth,
-        defined $content ? ('Content-Type' => 'application/json') : ());
-    my $json = eval { decode_json($body) };
-    return ($status, $json, $body);
-}
+sub fed        { $t->fed(@_) }
+sub eventually { $t->eventually(@_) }
+sub events_ok  { $t->events_ok(@_) }
 
 # the receiver checks our X-Matrix signatures with our key
 $fake->configure_global({ keys => $KEYS });
@@ -341,9 +226,7 @@ ok((grep { ($_->{state_key} // '') eq '@dan:remote.test' } @pdus),
 # one worker, so that no other worker can step in for a stuck one
 unlike $ngx->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/,
        'no crash, no alert (two workers)';
-$ngx->stop;
-$ngx = MatrixNginx->start(workers => 1, http => $HTTP,
-    server => '        location /_matrix/ { matrix; }');
+$ngx = $t->restart_nginx(workers => 1);
 
 ($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@sam:slow.test?ver=10",
                        undef, 'slow.test');
