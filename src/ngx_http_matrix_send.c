@@ -83,6 +83,8 @@ static ngx_int_t ngx_http_matrix_txn_next(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_txn_room(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_txn_room_ready(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
 static const char *ngx_http_matrix_txn_parse(ngx_http_matrix_room_op_t *op,
     json_t *pdu);
 static void ngx_http_matrix_txn_signed(ngx_http_matrix_pdu_check_t *pc);
@@ -306,6 +308,21 @@ ngx_http_matrix_txn_next(ngx_http_request_t *r,
         ngx_http_matrix_txn_advance(t);
     }
 
+    t->ev = NULL;
+    t->head = NULL;
+    t->redacted = 0;
+    t->soft_failed = 0;
+
+    /* the room of the PDU before, as transactions mostly are: known */
+
+    if (op->version != NULL
+        && json_string_length(room_id) == op->room_id.len
+        && ngx_strncmp(json_string_value(room_id), op->room_id.data,
+                       op->room_id.len) == 0)
+    {
+        return ngx_http_matrix_txn_room_ready(r, op);
+    }
+
     id.len = json_string_length(room_id);
     id.data = ngx_pnalloc(r->pool, id.len + 1);
     if (id.data == NULL) {
@@ -315,10 +332,7 @@ ngx_http_matrix_txn_next(ngx_http_request_t *r,
     ngx_memcpy(id.data, json_string_value(room_id), id.len + 1);
 
     op->room_id = id;
-    t->ev = NULL;
-    t->head = NULL;
-    t->redacted = 0;
-    t->soft_failed = 0;
+    op->version = NULL;
 
     return ngx_http_matrix_room_run(op, &ngx_http_matrix_txn_room_stmt,
                                     &op->room_id, 1,
@@ -334,7 +348,6 @@ ngx_http_matrix_txn_room(ngx_http_request_t *r,
     json_t                 *pdu;
     PGresult               *res;
     mx_err_t                err;
-    const char             *error;
     ngx_http_matrix_txn_t  *t;
 
     t = op->data;
@@ -377,6 +390,25 @@ ngx_http_matrix_txn_room(ngx_http_request_t *r,
     ngx_memcpy(op->nid.data, PQgetvalue(res, 0, 0), op->nid.len);
     ngx_cpystrn(op->silo_room_id.data, (u_char *) PQgetvalue(res, 0, 3),
                 op->silo_room_id.len + 1);
+
+    return ngx_http_matrix_txn_room_ready(r, op);
+}
+
+
+/* the PDU at hand, in a room of ours: parsed, then its signature */
+
+static ngx_int_t
+ngx_http_matrix_txn_room_ready(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    char                    id[MX_EVENT_ID_LEN + 1];
+    json_t                 *pdu;
+    mx_err_t                err;
+    const char             *error;
+    ngx_http_matrix_txn_t  *t;
+
+    t = op->data;
+    pdu = json_array_get(t->pdus, t->next);
 
     error = ngx_http_matrix_txn_parse(op, pdu);
 
