@@ -31,6 +31,7 @@ CREATE TABLE destinations (
     txn_upto     bigint,            -- the transaction being sent: up to
                                     -- this seq (kept across retries, so
                                     -- that its txnId and PDUs stay the same)
+    txn_nids     bigint[],          -- and its events, as first chosen
     failures     integer NOT NULL DEFAULT 0,
     retry_at     bigint NOT NULL DEFAULT 0,   -- ms
     lease_until  bigint NOT NULL DEFAULT 0,   -- ms: a sender has it
@@ -142,25 +143,33 @@ BEGIN
               LIMIT p_limit
               FOR UPDATE SKIP LOCKED
     LOOP
-        SELECT array_agg(p.event_nid ORDER BY p.seq), max(p.seq)
-          INTO a, u
-          FROM matrix_federation_pending(d.server_name, d.last_sent,
-                                         d.txn_upto, p_per_room, p_batch) p;
-
-        IF d.txn_upto IS NOT NULL THEN
+        IF d.txn_upto IS NOT NULL AND d.txn_nids IS NOT NULL THEN
+            -- a retry: the very same events, whatever came since
+            a := d.txn_nids;
             u := d.txn_upto;
+        ELSE
+            SELECT array_agg(p.event_nid ORDER BY p.seq), max(p.seq)
+              INTO a, u
+              FROM matrix_federation_pending(d.server_name, d.last_sent,
+                                             d.txn_upto, p_per_room,
+                                             p_batch) p;
+
+            IF d.txn_upto IS NOT NULL THEN
+                u := d.txn_upto;
+            END IF;
         END IF;
 
         IF a IS NULL THEN
             -- nothing of its rooms: past it all
             UPDATE destinations t SET last_sent = greatest(t.last_sent,
                                                   coalesce(u, top)),
-                   txn_upto = NULL
+                   txn_upto = NULL, txn_nids = NULL
              WHERE t.server_name = d.server_name;
             CONTINUE;
         END IF;
 
-        UPDATE destinations t SET txn_upto = u, lease_until = p_now + p_lease
+        UPDATE destinations t SET txn_upto = u, txn_nids = a,
+                                  lease_until = p_now + p_lease
          WHERE t.server_name = d.server_name;
 
         server_name := d.server_name;
@@ -183,7 +192,7 @@ AS $fn$
 BEGIN
     UPDATE destinations t
        SET last_sent = greatest(t.last_sent, p_upto), txn_upto = NULL,
-           failures = 0, retry_at = 0, lease_until = 0, last_error = NULL
+           txn_nids = NULL, failures = 0, retry_at = 0, lease_until = 0, last_error = NULL
      WHERE t.server_name = p_server AND t.txn_upto = p_upto;
 
     DELETE FROM federation_outbox o
@@ -253,6 +262,15 @@ BEGIN
     END LOOP;
 
     PERFORM 1 FROM matrix_rooms WHERE room_nid = r.room_nid FOR UPDATE;
+
+    -- with the room's lock, a change of the same room before this one
+    -- (another worker's, not done yet) goes first: the silo's order is
+    -- the room's, and a reply must find the message it answers
+    IF EXISTS (SELECT 1 FROM silo_changes s
+                WHERE s.room_id = c.room_id AND s.seq < c.seq)
+    THEN
+        RETURN jsonb_build_object('seq', NULL);
+    END IF;
 
     SELECT jsonb_build_object(
                'id', ms.message_id, 'localpart', u.localpart,

@@ -846,7 +846,13 @@ ngx_http_matrix_txn_outbox(ngx_http_matrix_room_op_t *op)
 
     t = op->data;
 
-    if (t->redacted || t->soft_failed || op->silo_room_id.len == 0) {
+    if (t->soft_failed || op->silo_room_id.len == 0) {
+        return NULL;
+    }
+
+    /* a redacted event keeps no text to give, but a membership survives */
+
+    if (t->redacted && ngx_strcmp(t->ev->type, "m.room.member") != 0) {
         return NULL;
     }
 

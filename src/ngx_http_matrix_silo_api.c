@@ -97,6 +97,7 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
         "SET next_attempt_ts = $1::bigint + $3, attempts = o.attempts + 1 "
         "WHERE o.seq IN (SELECT seq FROM silo_outbox "
         "WHERE seq IN (SELECT seq FROM h WHERE next_attempt_ts <= $1) "
+        "AND next_attempt_ts <= $1 "
         "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) "
         "RETURNING o.*) "
         "SELECT c.seq, c.attempts, c.kind, "
