@@ -73,6 +73,23 @@ BEGIN
     IF NOT p_soft_failed THEN
         SELECT a INTO n
           FROM matrix_append_events(p_room_nid, jsonb_build_array(p_event)) a;
+
+        -- a redaction by a user of the server whose user sent the target
+        -- applies now (a moderator's of another server would need the
+        -- power levels at hand: left to the target's own server): the
+        -- target is served redacted from then on
+        IF n IS NOT NULL AND p_event ->> 'type' = 'm.room.redaction' THEN
+            UPDATE events t SET redacted_by = n
+             WHERE t.event_id = coalesce(
+                       (p_event ->> 'pdu')::jsonb ->> 'redacts',
+                       (p_event ->> 'pdu')::jsonb -> 'content' ->> 'redacts')
+               AND t.room_nid = p_room_nid
+               AND t.redacted_by IS NULL
+               AND substr(t.sender, strpos(t.sender, ':') + 1)
+                   = substr(p_event ->> 'sender',
+                            strpos(p_event ->> 'sender', ':') + 1);
+        END IF;
+
         RETURN n;
     END IF;
 
@@ -83,15 +100,15 @@ BEGIN
         RETURN n;
     END IF;
 
-    prev := ARRAY(SELECT (SELECT ev.nid FROM events ev
-                           WHERE ev.event_id = i.id
-                             AND ev.room_nid = p_room_nid)
+    prev := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
+                                      THEN ev.nid END
+                            FROM events ev WHERE ev.event_id = i.id)
                     FROM jsonb_array_elements_text(p_event -> 'prev')
                          WITH ORDINALITY AS i(id, ord)
                    ORDER BY i.ord);
-    auth := ARRAY(SELECT (SELECT ev.nid FROM events ev
-                           WHERE ev.event_id = i.id
-                             AND ev.room_nid = p_room_nid)
+    auth := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
+                                      THEN ev.nid END
+                            FROM events ev WHERE ev.event_id = i.id)
                     FROM jsonb_array_elements_text(p_event -> 'auth')
                          WITH ORDINALITY AS i(id, ord)
                    ORDER BY i.ord);

@@ -1714,7 +1714,8 @@ json_t *
 ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op, json_t **ids)
 {
     int        row, n;
-    json_t    *pdus, *pdu;
+    json_t    *pdus, *pdu, *redacted;
+    mx_err_t   err;
     PGresult  *res;
 
     res = op->q->result;
@@ -1737,6 +1738,14 @@ ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op, json_t **ids)
 
         if (!PQgetisnull(res, row, 2)) {
             pdu = ngx_http_matrix_room_column_json(res, row, 2);
+
+            /* kept whole, redacted since: served as redaction left it */
+
+            if (pdu != NULL && PQgetvalue(res, row, 20)[0] == 't') {
+                redacted = mx_event_redact(pdu, op->version, &err);
+                json_decref(pdu);
+                pdu = redacted;
+            }
 
         } else {
             pdu = ngx_http_matrix_room_rebuild(op, res, row);

@@ -360,7 +360,7 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
 {
     int                            row, n;
     char                          *text;
-    json_t                        *pdus, *pdu, *txn;
+    json_t                        *pdus, *pdu, *txn, *redacted;
     mx_err_t                       err;
     PGresult                      *res;
     ngx_http_matrix_dest_t        *dest;
@@ -393,6 +393,16 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
         if (!PQgetisnull(res, row, 2)) {
             pdu = mx_json_parse(PQgetvalue(res, row, 2),
                                 PQgetlength(res, row, 2), 0, &err);
+
+            /* kept whole, redacted since: sent as redaction left it */
+
+            if (pdu != NULL && version != NULL
+                && PQgetvalue(res, row, 20)[0] == 't')
+            {
+                redacted = mx_event_redact(pdu, version, &err);
+                json_decref(pdu);
+                pdu = redacted;
+            }
 
         } else if (version != NULL) {
             pdu = ngx_http_matrix_event_rebuild(res, row,

@@ -186,6 +186,10 @@ my ($r1, $rid1) = event(type => 'm.room.redaction', redacts => $id2, content => 
 is_deeply $json->{pdus}{$rid1}, {}, 'a redaction accepted';
 is eventually(qq{SELECT deleted_at IS NOT NULL FROM chat.messages WHERE matrix_event_id = '$id2'}, 't'),
    't', 'the silo message is deleted';
+my $esc2 = $id2; $esc2 =~ s/([^A-Za-z0-9\-._~])/sprintf '%%%02X', ord $1/ge;
+($status, $json) = fed('GET', "/_matrix/federation/v1/event/$esc2");
+is $status, 200, 'the redacted event is still served';
+is_deeply $json->{pdus}[0]{content}, {}, 'redacted: no content left';
 is eventually($OUTBOX_EMPTY, 0), 0, 'the outbox is empty';
 
 # --- refusals ---------------------------------------------------------------------
