@@ -57,6 +57,9 @@ static ngx_int_t ngx_http_matrix_backfill(ngx_http_request_t *r,
 static ngx_int_t ngx_http_matrix_missing_events(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 
+static ngx_int_t ngx_http_matrix_events_route(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_events_e what,
+    ngx_str_t *event_id, ngx_str_t *room_id);
 static ngx_int_t ngx_http_matrix_events_start(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_events_t *ev,
     ngx_str_t *room_id);
@@ -162,54 +165,41 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_missing_stmt =
 static ngx_int_t
 ngx_http_matrix_state(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
 {
-    ngx_http_matrix_events_t  *ev;
-
-    ev = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_events_t));
-    if (ev == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ev->what = NGX_HTTP_MATRIX_STATE;
-
-    return ngx_http_matrix_events_start(r, ctx, ev, &ctx->params[0]);
+    return ngx_http_matrix_events_route(r, ctx, NGX_HTTP_MATRIX_STATE, NULL,
+                                        &ctx->params[0]);
 }
 
 
 static ngx_int_t
 ngx_http_matrix_state_ids(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
 {
-    ngx_http_matrix_events_t  *ev;
-
-    ev = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_events_t));
-    if (ev == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ev->what = NGX_HTTP_MATRIX_STATE_IDS;
-
-    return ngx_http_matrix_events_start(r, ctx, ev, &ctx->params[0]);
+    return ngx_http_matrix_events_route(r, ctx, NGX_HTTP_MATRIX_STATE_IDS,
+                                        NULL, &ctx->params[0]);
 }
 
 
 static ngx_int_t
 ngx_http_matrix_event(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
 {
-    ngx_http_matrix_events_t  *ev;
-
-    ev = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_events_t));
-    if (ev == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ev->what = NGX_HTTP_MATRIX_EVENT;
-    ev->event_id = ctx->params[0];
-
-    return ngx_http_matrix_events_start(r, ctx, ev, NULL);
+    return ngx_http_matrix_events_route(r, ctx, NGX_HTTP_MATRIX_EVENT,
+                                        &ctx->params[0], NULL);
 }
 
 
 static ngx_int_t
 ngx_http_matrix_event_auth(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
+{
+    return ngx_http_matrix_events_route(r, ctx, NGX_HTTP_MATRIX_EVENT_AUTH,
+                                        &ctx->params[1], &ctx->params[0]);
+}
+
+
+/* the routes that name an event or a room and nothing more */
+
+static ngx_int_t
+ngx_http_matrix_events_route(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_events_e what,
+    ngx_str_t *event_id, ngx_str_t *room_id)
 {
     ngx_http_matrix_events_t  *ev;
 
@@ -218,10 +208,13 @@ ngx_http_matrix_event_auth(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ev->what = NGX_HTTP_MATRIX_EVENT_AUTH;
-    ev->event_id = ctx->params[1];
+    ev->what = what;
 
-    return ngx_http_matrix_events_start(r, ctx, ev, &ctx->params[0]);
+    if (event_id) {
+        ev->event_id = *event_id;
+    }
+
+    return ngx_http_matrix_events_start(r, ctx, ev, room_id);
 }
 
 

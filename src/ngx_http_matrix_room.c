@@ -535,6 +535,14 @@ ngx_http_matrix_room_initial(ngx_http_matrix_room_op_t *op,
     char                 id[MX_EVENT_ID_LEN + 1];
     const char          *s;
 
+    static const struct {
+        const char      *type;
+        const char      *field;
+    } texts[] = {
+        { "m.room.name", "name" },
+        { "m.room.topic", "topic" },
+    };
+
     ts = json_integer_value(json_object_get(mk->silo, "created_ts"));
     if (ts <= 0) {
         ts = ngx_http_matrix_now_ms();
@@ -624,27 +632,20 @@ ngx_http_matrix_room_initial(ngx_http_matrix_room_op_t *op,
         return NGX_ERROR;
     }
 
-    s = json_string_value(json_object_get(mk->silo, "name"));
-    if (s && *s) {
-        v = json_pack("{s:s}", "name", s);
-        if (ngx_http_matrix_room_next_event(op, mk, "m.room.name", "",
-                                            creator, v, ts, auth, 3, 0, NULL,
-                                            id)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
+    /* the silo's name and topic, when it has them: {field: value} */
 
-    s = json_string_value(json_object_get(mk->silo, "topic"));
-    if (s && *s) {
-        v = json_pack("{s:s}", "topic", s);
-        if (ngx_http_matrix_room_next_event(op, mk, "m.room.topic", "",
-                                            creator, v, ts, auth, 3, 0, NULL,
-                                            id)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
+    for (i = 0; i < 2; i++) {
+        s = json_string_value(json_object_get(mk->silo, texts[i].field));
+
+        if (s && *s) {
+            v = json_pack("{s:s}", texts[i].field, s);
+            if (ngx_http_matrix_room_next_event(op, mk, texts[i].type, "",
+                                                creator, v, ts, auth, 3, 0,
+                                                NULL, id)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
         }
     }
 
