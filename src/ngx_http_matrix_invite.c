@@ -42,7 +42,6 @@ static ngx_int_t ngx_http_matrix_invite_user(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_invite_stored(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
-static void ngx_http_matrix_invite_release(void *data);
 
 
 ngx_http_matrix_route_t  ngx_http_matrix_invite_routes[] = {
@@ -128,7 +127,6 @@ ngx_http_matrix_invite_check(ngx_http_request_t *r,
     mx_err_t             err;
     ngx_str_t            user_id, server, event_id;
     const char          *version, *why;
-    ngx_pool_cleanup_t  *cln;
 
     version = json_string_value(json_object_get(body, "room_version"));
     event = json_object_get(body, "event");
@@ -177,15 +175,10 @@ ngx_http_matrix_invite_check(ngx_http_request_t *r,
         return 0;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        mx_event_free(inv->ev);
+    if (ngx_http_matrix_keep_event(r->pool, inv->ev) != NGX_OK) {
         *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return 0;
     }
-
-    cln->handler = ngx_http_matrix_invite_release;
-    cln->data = inv->ev;
 
     event_id = ctx->params[1];
 
@@ -369,11 +362,4 @@ ngx_http_matrix_invite_stored(ngx_http_request_t *r,
     json_decref(body);
 
     return rc;
-}
-
-
-static void
-ngx_http_matrix_invite_release(void *data)
-{
-    mx_event_free(data);
 }

@@ -87,7 +87,6 @@ static ngx_int_t ngx_http_matrix_send_reply(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_omit_members(json_t *state, json_t *ids,
     json_t *servers);
-static void ngx_http_matrix_event_release(void *data);
 
 static ngx_uint_t ngx_http_matrix_acl_allows(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *head);
@@ -506,7 +505,6 @@ ngx_http_matrix_send_opened(ngx_http_request_t *r,
     mx_err_t                       err;
     ngx_str_t                      sender, server;
     mx_event_t                    *ev;
-    ngx_pool_cleanup_t            *cln;
     ngx_http_matrix_membership_t  *m;
 
     m = op->data;
@@ -538,14 +536,10 @@ ngx_http_matrix_send_opened(ngx_http_request_t *r,
                                           err.msg);
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        mx_event_free(ev);
+    if (ngx_http_matrix_keep_event(r->pool, ev) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    cln->handler = ngx_http_matrix_event_release;
-    cln->data = ev;
     m->ev = ev;
 
     if (ngx_strlen(ev->event_id) != m->event_id.len
@@ -688,7 +682,7 @@ static ngx_int_t
 ngx_http_matrix_send_cited(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    int                            row, n;
+    int                            n;
     char                          *text;
     json_t                        *records;
     ngx_int_t                      rc;
@@ -696,7 +690,6 @@ ngx_http_matrix_send_cited(ngx_http_request_t *r,
     PGresult                      *res;
     ngx_str_t                      values[2];
     mx_event_t                    *cited[NGX_HTTP_MATRIX_AUTH_MAX];
-    ngx_pool_cleanup_t            *cln;
     ngx_http_matrix_room_head_t   *head;
     ngx_http_matrix_membership_t  *m;
 
@@ -712,26 +705,8 @@ ngx_http_matrix_send_cited(ngx_http_request_t *r,
                                          "this room does not have");
     }
 
-    for (row = 0; row < n; row++) {
-        if (mx_event_parse(PQgetvalue(res, row, 0), PQgetlength(res, row, 0),
-                           op->version, &cited[row], &err)
-            != MX_OK)
-        {
-            while (row--) {
-                mx_event_free(cited[row]);
-            }
-
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == NULL) {
-            mx_event_free(cited[row]);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        cln->handler = ngx_http_matrix_event_release;
-        cln->data = cited[row];
+    if (ngx_http_matrix_room_cited(op, res, cited, &err) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (!ngx_http_matrix_acl_allows(op, head)) {
@@ -1069,11 +1044,4 @@ ngx_http_matrix_acl_allows(ngx_http_matrix_room_op_t *op,
     }
 
     return ngx_http_matrix_room_acl_allows(op, head->server_acl->content);
-}
-
-
-static void
-ngx_http_matrix_event_release(void *data)
-{
-    mx_event_free(data);
 }

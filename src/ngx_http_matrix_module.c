@@ -279,7 +279,6 @@ ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
     ngx_buf_t              *b;
     ngx_uint_t              n;
     ngx_chain_t            *cl;
-    ngx_pool_cleanup_t     *cln;
     ngx_http_matrix_ctx_t  *ctx;
 
     ctx = ngx_http_matrix_get_ctx(r);
@@ -361,15 +360,10 @@ ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc)
         return NULL;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        json_decref(v);
+    if (ngx_http_matrix_keep_json(r->pool, v) != NGX_OK) {
         *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return NULL;
     }
-
-    cln->handler = ngx_http_matrix_json_release;
-    cln->data = v;
 
     ctx->body = v;
 
@@ -397,6 +391,24 @@ ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
     value->data = dst;
     ngx_unescape_uri(&dst, &src, v.len, NGX_UNESCAPE_URI);
     value->len = dst - value->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_keep_json(ngx_pool_t *pool, json_t *v)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        json_decref(v);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_json_release;
+    cln->data = v;
 
     return NGX_OK;
 }

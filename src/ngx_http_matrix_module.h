@@ -140,6 +140,9 @@ int64_t ngx_http_matrix_now_ms(void);
  */
 json_t *ngx_http_matrix_request_json(ngx_http_request_t *r, ngx_int_t *rc);
 
+/* v released with pool (now, when the cleanup cannot be had: NGX_ERROR) */
+ngx_int_t ngx_http_matrix_keep_json(ngx_pool_t *pool, json_t *v);
+
 /*
  * The query string argument NAME, percent-decoded into r's pool: NGX_OK;
  * NGX_DECLINED when there is none; NGX_ERROR when out of memory.

@@ -99,6 +99,7 @@ static ngx_int_t ngx_http_matrix_room_committed(ngx_http_request_t *r,
 
 static void ngx_http_matrix_room_leased(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_room_head_cleanup(void *data);
+static void ngx_http_matrix_event_release(void *data);
 static ngx_int_t ngx_http_matrix_room_accessed(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static void ngx_http_matrix_room_done(ngx_http_matrix_pg_query_t *q);
@@ -1950,6 +1951,51 @@ ngx_http_matrix_room_pdus_compact(json_t *pdus)
             i++;
         }
     }
+}
+
+
+ngx_int_t
+ngx_http_matrix_keep_event(ngx_pool_t *pool, mx_event_t *ev)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        mx_event_free(ev);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_event_release;
+    cln->data = ev;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_cited(ngx_http_matrix_room_op_t *op, PGresult *res,
+    mx_event_t **events, mx_err_t *err)
+{
+    int  row;
+
+    for (row = 0; row < PQntuples(res); row++) {
+        if (mx_event_parse(PQgetvalue(res, row, 0), PQgetlength(res, row, 0),
+                           op->version, &events[row], err)
+            != MX_OK
+            || ngx_http_matrix_keep_event(op->pool, events[row]) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_matrix_event_release(void *data)
+{
+    mx_event_free(data);
 }
 
 

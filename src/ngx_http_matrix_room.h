@@ -224,6 +224,17 @@ json_t *ngx_http_matrix_event_rebuild(PGresult *res, int row,
 ngx_int_t ngx_http_matrix_room_record(json_t *records, const mx_event_t *ev,
     const char *outbox, mx_err_t *err);
 
+/* ev freed with pool (now, when the cleanup cannot be had: NGX_ERROR) */
+ngx_int_t ngx_http_matrix_keep_event(ngx_pool_t *pool, mx_event_t *ev);
+
+/*
+ * The events an event cites as its auth events, from rows whose first
+ * column is a stored PDU; kept with the op's pool.  NGX_ERROR: one could
+ * not be read (err) or kept.
+ */
+ngx_int_t ngx_http_matrix_room_cited(ngx_http_matrix_room_op_t *op,
+    PGresult *res, mx_event_t **events, mx_err_t *err);
+
 /* "@localpart:server" of this server, on the request's pool */
 ngx_int_t ngx_http_matrix_room_user(ngx_http_matrix_room_op_t *op,
     const char *localpart, ngx_str_t *user_id);

@@ -116,8 +116,6 @@ static void ngx_http_matrix_txn_gap_resolved(ngx_http_matrix_dest_t *d);
 static void ngx_http_matrix_txn_gap_answered(ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_txn_gap_fill(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_http_req_t *hr);
-static void ngx_http_matrix_txn_event_release(void *data);
-static void ngx_http_matrix_txn_json_release(void *data);
 
 
 ngx_http_matrix_route_t  ngx_http_matrix_send_routes[] = {
@@ -243,7 +241,6 @@ ngx_http_matrix_txn_looked_up(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
     json_t                 *response;
-    ngx_pool_cleanup_t     *cln;
     ngx_http_matrix_txn_t  *t;
 
     t = op->data;
@@ -259,16 +256,13 @@ ngx_http_matrix_txn_looked_up(ngx_http_request_t *r,
         return ngx_http_matrix_send_json_new(r, NGX_HTTP_OK, response);
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
     t->results = json_object();
 
-    if (cln == NULL || t->results == NULL) {
-        json_decref(t->results);
+    if (t->results == NULL
+        || ngx_http_matrix_keep_json(r->pool, t->results) != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    cln->handler = ngx_http_matrix_txn_json_release;
-    cln->data = t->results;
 
     return ngx_http_matrix_txn_next(r, op);
 }
@@ -460,7 +454,6 @@ ngx_http_matrix_txn_parse(ngx_http_matrix_room_op_t *op, json_t *pdu)
     mx_err_t                err;
     ngx_str_t               sender;
     mx_event_t             *ev;
-    ngx_pool_cleanup_t     *cln;
     ngx_http_matrix_txn_t  *t;
 
     t = op->data;
@@ -507,14 +500,10 @@ ngx_http_matrix_txn_parse(ngx_http_matrix_room_op_t *op, json_t *pdu)
         return error;
     }
 
-    cln = ngx_pool_cleanup_add(op->r->pool, 0);
-    if (cln == NULL) {
-        mx_event_free(ev);
+    if (ngx_http_matrix_keep_event(op->pool, ev) != NGX_OK) {
         return "out of memory";
     }
 
-    cln->handler = ngx_http_matrix_txn_event_release;
-    cln->data = ev;
     t->ev = ev;
 
     if (ev->room_id == NULL
@@ -750,7 +739,6 @@ ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op, json_t *check)
     mx_err_t                err;
     mx_event_t             *events[NGX_HTTP_MATRIX_AUTH_MAX];
     const char             *error;
-    ngx_pool_cleanup_t     *cln;
     ngx_http_matrix_txn_t  *t;
 
     t = op->data;
@@ -790,21 +778,12 @@ ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op, json_t *check)
                            op->version, &events[i], &err)
             != MX_OK)
         {
-            while (i--) {
-                mx_event_free(events[i]);
-            }
-
             return "rejected: its auth events cannot be read";
         }
 
-        cln = ngx_pool_cleanup_add(op->r->pool, 0);
-        if (cln == NULL) {
-            mx_event_free(events[i]);
+        if (ngx_http_matrix_keep_event(op->pool, events[i]) != NGX_OK) {
             return "out of memory";
         }
-
-        cln->handler = ngx_http_matrix_txn_event_release;
-        cln->data = events[i];
     }
 
     if (mx_auth_check(t->ev, (const mx_event_t *const *) events, n, &err)
@@ -1051,20 +1030,6 @@ ngx_http_matrix_txn_stored(ngx_http_request_t *r,
     return ngx_http_matrix_send_json_new(r, NGX_HTTP_OK,
                                          json_pack("{s:O}", "pdus",
                                                    t->results));
-}
-
-
-static void
-ngx_http_matrix_txn_event_release(void *data)
-{
-    mx_event_free(data);
-}
-
-
-static void
-ngx_http_matrix_txn_json_release(void *data)
-{
-    json_decref(data);
 }
 
 
