@@ -78,6 +78,24 @@ CREATE INDEX silo_outbox_due ON silo_outbox (next_attempt_ts);
 -- array).  An event already stored is left as it is.  Returns the nids,
 -- in the same order, NULL for an event refused (see below).
 
+-- The nids of a JSON array of event IDs, in order; NULL for one that is
+-- not this room's.  One lookup each by the unique event ID (the room is
+-- checked on the row found, so that no plan walks the room's events
+-- looking for the ID).
+
+CREATE FUNCTION matrix_event_nids(p_room_nid integer, p_ids jsonb)
+RETURNS bigint[]
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
+                                     THEN ev.nid END
+                           FROM events ev WHERE ev.event_id = i.id)
+                   FROM jsonb_array_elements_text(p_ids)
+                        WITH ORDINALITY AS i(id, ord)
+                  ORDER BY i.ord)
+$fn$;
+
+
 -- Its lookups are by key, one row each, and must stay so however the
 -- planner sees the tables: while a room is made, thousands of events are
 -- appended in one transaction to a table whose statistics say it is
@@ -106,21 +124,8 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- the events it names, of this room only, one lookup each by the
-        -- unique event ID (the room is checked on the row found, so that
-        -- no plan walks the room's events looking for the ID)
-        prev := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
-                                          THEN ev.nid END
-                                FROM events ev WHERE ev.event_id = i.id)
-                        FROM jsonb_array_elements_text(e -> 'prev')
-                             WITH ORDINALITY AS i(id, ord)
-                       ORDER BY i.ord);
-        auth := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
-                                          THEN ev.nid END
-                                FROM events ev WHERE ev.event_id = i.id)
-                        FROM jsonb_array_elements_text(e -> 'auth')
-                             WITH ORDINALITY AS i(id, ord)
-                       ORDER BY i.ord);
+        prev := matrix_event_nids(p_room_nid, e -> 'prev');
+        auth := matrix_event_nids(p_room_nid, e -> 'auth');
 
         SELECT max(ev.depth) INTO deep FROM events ev
          WHERE ev.nid = ANY (prev);

@@ -100,18 +100,8 @@ BEGIN
         RETURN n;
     END IF;
 
-    prev := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
-                                      THEN ev.nid END
-                            FROM events ev WHERE ev.event_id = i.id)
-                    FROM jsonb_array_elements_text(p_event -> 'prev')
-                         WITH ORDINALITY AS i(id, ord)
-                   ORDER BY i.ord);
-    auth := ARRAY(SELECT (SELECT CASE WHEN ev.room_nid = p_room_nid
-                                      THEN ev.nid END
-                            FROM events ev WHERE ev.event_id = i.id)
-                    FROM jsonb_array_elements_text(p_event -> 'auth')
-                         WITH ORDINALITY AS i(id, ord)
-                   ORDER BY i.ord);
+    prev := matrix_event_nids(p_room_nid, p_event -> 'prev');
+    auth := matrix_event_nids(p_room_nid, p_event -> 'auth');
 
     IF array_position(prev, NULL) IS NOT NULL
        OR array_position(auth, NULL) IS NOT NULL
