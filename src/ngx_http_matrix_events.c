@@ -674,7 +674,7 @@ static ngx_int_t
 ngx_http_matrix_events_reply(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    int                        row, n, last;
+    int                        row, n;
     json_t                    *body, *pdus, *first, *second;
     ngx_int_t                  rc;
     PGresult                  *res;
@@ -701,14 +701,23 @@ ngx_http_matrix_events_reply(ngx_http_request_t *r,
         goto send;
     }
 
+    if (ev->what == NGX_HTTP_MATRIX_STATE) {
+        if (ngx_http_matrix_room_state_parts(op, &first, NULL, &second)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        body = json_pack("{s:o,s:o}", "pdus", first, "auth_chain", second);
+        goto send;
+    }
+
     pdus = ngx_http_matrix_room_pdus(op, NULL);
     if (pdus == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ev->what != NGX_HTTP_MATRIX_STATE) {
-        ngx_http_matrix_room_pdus_compact(pdus);
-    }
+    ngx_http_matrix_room_pdus_compact(pdus);
 
     if (ev->what == NGX_HTTP_MATRIX_EVENT && json_array_size(pdus) == 0) {
         json_decref(pdus);
@@ -718,27 +727,6 @@ ngx_http_matrix_events_reply(ngx_http_request_t *r,
     }
 
     switch (ev->what) {
-
-    case NGX_HTTP_MATRIX_STATE:
-        first = json_array();
-        second = json_array();
-        n = PQntuples(res);
-        last = PQnfields(res) - 1;
-
-        for (row = 0; first && second && row < n
-                      && (size_t) row < json_array_size(pdus); row++)
-        {
-            if (!json_is_null(json_array_get(pdus, row))) {
-                json_array_append(PQgetvalue(res, row, last)[0] == '0'
-                                  ? first : second,
-                                  json_array_get(pdus, row));
-            }
-        }
-
-        json_decref(pdus);
-
-        body = json_pack("{s:o*,s:o*}", "pdus", first, "auth_chain", second);
-        break;
 
     case NGX_HTTP_MATRIX_EVENT_AUTH:
         body = json_pack("{s:o}", "auth_chain", pdus);

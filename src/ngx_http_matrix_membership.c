@@ -849,11 +849,9 @@ static ngx_int_t
 ngx_http_matrix_send_reply(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    int                            row, n, part;
-    json_t                        *body, *all, *ids, *state, *state_ids;
-    json_t                        *chain, *servers;
+    json_t                        *body, *state, *state_ids, *chain;
+    json_t                        *servers;
     ngx_int_t                      rc;
-    PGresult                      *res;
     ngx_http_matrix_membership_t  *m;
 
     m = op->data;
@@ -862,46 +860,11 @@ ngx_http_matrix_send_reply(ngx_http_request_t *r,
         body = json_object();
 
     } else {
-        res = op->q->result;
-        n = PQntuples(res);
-
-        ids = NULL;
-        all = ngx_http_matrix_room_pdus(op, &ids);
-        state = json_array();
-        state_ids = json_array();
-        chain = json_array();
-
-        if (all == NULL || state == NULL || state_ids == NULL || chain == NULL
-            || (size_t) n != json_array_size(all))
+        if (ngx_http_matrix_room_state_parts(op, &state, &state_ids, &chain)
+            != NGX_OK)
         {
-            json_decref(all);
-            json_decref(ids);
-            json_decref(state);
-            json_decref(state_ids);
-            json_decref(chain);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        for (row = 0; row < n; row++) {
-            part = ngx_atoi((u_char *) PQgetvalue(res, row,
-                                                  PQnfields(res) - 1),
-                            PQgetlength(res, row, PQnfields(res) - 1));
-
-            if (json_is_null(json_array_get(all, row))) {
-                continue;
-            }
-
-            if (part == 0) {
-                json_array_append(state, json_array_get(all, row));
-                json_array_append(state_ids, json_array_get(ids, row));
-
-            } else {
-                json_array_append(chain, json_array_get(all, row));
-            }
-        }
-
-        json_decref(all);
-        json_decref(ids);
 
         if (m->omit_members) {
             servers = json_array();

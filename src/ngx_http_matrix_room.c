@@ -1938,6 +1938,69 @@ ngx_http_matrix_hex_to_b64(const char *hex, char *b64, size_t max)
 }
 
 
+ngx_int_t
+ngx_http_matrix_room_state_parts(ngx_http_matrix_room_op_t *op,
+    json_t **state, json_t **state_ids, json_t **chain)
+{
+    int        row, n, last;
+    json_t    *all, *ids, *pdu;
+    PGresult  *res;
+
+    res = op->q->result;
+    n = PQntuples(res);
+    last = PQnfields(res) - 1;
+
+    ids = NULL;
+    all = ngx_http_matrix_room_pdus(op, &ids);
+    *state = json_array();
+    *chain = json_array();
+
+    if (state_ids) {
+        *state_ids = json_array();
+    }
+
+    if (all == NULL || *state == NULL || *chain == NULL
+        || (state_ids && *state_ids == NULL)
+        || (size_t) n != json_array_size(all))
+    {
+        json_decref(all);
+        json_decref(ids);
+        json_decref(*state);
+        json_decref(*chain);
+
+        if (state_ids) {
+            json_decref(*state_ids);
+        }
+
+        return NGX_ERROR;
+    }
+
+    for (row = 0; row < n; row++) {
+        pdu = json_array_get(all, row);
+
+        if (json_is_null(pdu)) {
+            continue;
+        }
+
+        if (PQgetvalue(res, row, last)[0] != '0') {
+            json_array_append(*chain, pdu);
+            continue;
+        }
+
+        json_array_append(*state, pdu);
+
+        if (state_ids) {
+            json_array_append(*state_ids, json_array_get(ids, row));
+        }
+    }
+
+    json_decref(all);
+    json_decref(ids);
+
+    return NGX_OK;
+}
+
+
 void
 ngx_http_matrix_room_pdus_compact(json_t *pdus)
 {

@@ -183,6 +183,15 @@ json_t *ngx_http_matrix_room_json(ngx_http_matrix_room_op_t *op);
 json_t *ngx_http_matrix_room_pdus(ngx_http_matrix_room_op_t *op,
     json_t **ids);
 
+/*
+ * Rows of matrix_event_parts() with a last column "part" (0: the state,
+ * else its auth chain), the last result, as two arrays of PDUs (and the
+ * state's event IDs, when state_ids is not NULL); unservable events left
+ * out.  NGX_ERROR: out of memory.
+ */
+ngx_int_t ngx_http_matrix_room_state_parts(ngx_http_matrix_room_op_t *op,
+    json_t **state, json_t **state_ids, json_t **chain);
+
 /* the nulls of ngx_http_matrix_room_pdus() taken out */
 void ngx_http_matrix_room_pdus_compact(json_t *pdus);
 
