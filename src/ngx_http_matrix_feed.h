@@ -19,6 +19,12 @@ ngx_int_t ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle);
 void ngx_http_matrix_sender_kick(void);
 
 /*
+ * An authenticated request came from the server: whoever sends to it
+ * ends its back-off (a NOTIFY, at most once in a while per server).
+ */
+void ngx_http_matrix_sender_heard(ngx_str_t *server);
+
+/*
  * The server whose name and key background work signs with: the first
  * with a server name and a signing key; NULL if none.
  */
