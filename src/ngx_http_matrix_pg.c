@@ -2365,6 +2365,13 @@ ngx_http_matrix_pg_release(ngx_http_matrix_pg_query_t *q)
 }
 
 
+ngx_uint_t
+ngx_http_matrix_pg_max(ngx_http_matrix_pg_t *pg)
+{
+    return pg->max;
+}
+
+
 void
 ngx_http_matrix_pg_abandon(ngx_http_matrix_pg_query_t *q)
 {

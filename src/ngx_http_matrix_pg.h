@@ -145,6 +145,8 @@ ngx_int_t ngx_http_matrix_pg_listen(ngx_http_matrix_pg_t *pg,
     const char *channel, ngx_http_matrix_pg_notify_pt handler, void *data);
 
 ngx_uint_t ngx_http_matrix_pg_in_transaction(ngx_http_matrix_pg_query_t *q);
+/* "max=": a lease kept for good takes one of these */
+ngx_uint_t ngx_http_matrix_pg_max(ngx_http_matrix_pg_t *pg);
 const char *ngx_http_matrix_pg_status_text(ngx_http_matrix_pg_status_e s);
 
 /* 503 (or 504 for a timeout) with a Matrix error, for request handlers */

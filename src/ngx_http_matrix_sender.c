@@ -247,6 +247,14 @@ ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_http_matrix_pg_max(mmcf->pg) < 2) {
+        /* the lock's connection would be the only one, for good */
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "matrix sender: this worker does not send: it needs "
+                      "\"matrix_postgres\" max=2 or more");
+        return NGX_OK;
+    }
+
     s = ngx_pcalloc(cycle->pool, sizeof(ngx_http_matrix_sender_t));
     if (s == NULL) {
         return NGX_ERROR;

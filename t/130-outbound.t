@@ -290,6 +290,17 @@ is_deeply [ grep { $_ eq 'killed 1' } @bodies ], ['killed 1'], 'the message in f
 ok((grep { $_ eq 'killed 2' } @bodies), 'and the next one');
 my @owners = ($ngx->error_log =~ /\b(\d+)#\d+: [^\n]*matrix sender: this worker sends/g);
 isnt $owners[-1], $owner, 'by another worker';
+
+# the lock's session ends under the owner (the pool's lease "watch"): it
+# stops sending at once, and the lock is taken again
+$pg->psql(q{SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND classid = 28025 AND objid = 2});
+post($joined_author, 'lock lost');
+@pdus = wait_pdus(by_body('lock lost'), 30);
+ok((grep { ($_->{content}{body} // '') eq 'lock lost' } @pdus),
+   'the lock\'s connection killed: the next message still goes');
+like $ngx->error_log, qr/lost the connection that holds the sending lock/,
+     'the owner heard at once that its lock went';
 $ngx = $t->restart_nginx(workers => 1);
 
 ($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@sam:slow.test?ver=10",
