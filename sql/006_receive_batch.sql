@@ -5,6 +5,11 @@
 -- the checks run in the module, in the order the PDUs came, against the
 -- room's state as the batch changes it, and the accepted PDUs are
 -- appended by one statement.
+--
+-- Events are looked up one by one by their unique ID (a scalar or
+-- LATERAL ... LIMIT 1 subquery each), never joined as sets: the planner,
+-- guessing a hundred rows for each JSON array, would hash the room's
+-- events, and each batch would read the whole room.
 
 
 -- What checking a batch of received events needs from the room, as one
@@ -13,8 +18,9 @@
 -- p_members), and
 --   "known":  the events of p_ids stored already (in any room);
 --   "cited":  {event ID: {"depth", "pdu"}} of the events of p_cited that
---             the room has, "pdu" (text) only for those of p_auth that
---             can authorise (kept whole, not soft-failed);
+--             the room has, "pdu" (text) only for those named in p_auth
+--             (an object, by its keys) that can authorise (kept whole,
+--             not soft-failed);
 --   "joined": {server: its users joined} of the servers of p_servers
 --             that have any.
 
@@ -29,20 +35,22 @@ BEGIN
     r := matrix_room_head(p_room_nid, p_members, true);
 
     RETURN r || jsonb_build_object(
-        'known', (SELECT coalesce(jsonb_agg(e.event_id), '[]')
-                    FROM events e
-                   WHERE e.event_id IN (SELECT jsonb_array_elements_text(
-                                                   p_ids))),
+        'known', (SELECT coalesce(jsonb_agg(x.id), '[]')
+                    FROM jsonb_array_elements_text(p_ids) AS x(id)
+                   WHERE (SELECT e.nid FROM events e
+                           WHERE e.event_id = x.id) IS NOT NULL),
         'cited', (SELECT coalesce(jsonb_object_agg(e.event_id,
                          jsonb_build_object(
                              'depth', e.depth,
                              'pdu', CASE WHEN NOT e.soft_failed
                                           AND p_auth ? e.event_id
                                          THEN e.pdu END)), '{}')
-                    FROM events e
-                   WHERE e.event_id IN (SELECT jsonb_array_elements_text(
-                                                   p_cited))
-                     AND e.room_nid = p_room_nid),
+                    FROM (SELECT DISTINCT jsonb_array_elements_text(p_cited)
+                                          AS id) x
+                   CROSS JOIN LATERAL (SELECT e.* FROM events e
+                                        WHERE e.event_id = x.id
+                                          AND e.room_nid = p_room_nid
+                                        LIMIT 1) e),
         'joined', (SELECT coalesce(jsonb_object_agg(j.server, j.n), '{}')
                      FROM (SELECT substr(s.state_key,
                                          strpos(s.state_key, ':') + 1)
@@ -56,9 +64,17 @@ END
 $fn$;
 
 
--- Appends received events in order (matrix_append_received() each:
--- records of matrix_append_events() with "soft_failed"), as a JSON array
--- of their nids, null for one refused.
+-- Appends received events in order, as matrix_append_received() would
+-- one after the other (records of matrix_append_events() with
+-- "soft_failed"), and returns their nids as a JSON array, null for one
+-- refused.  What the module appends has been checked under the room's
+-- lock, so all of it goes in at once, a statement for each table: the
+-- nids taken first, in order, so that an event can name one before it;
+-- the state left by the last event of each key; the extremities are the
+-- events no event after them names.  Should anything be refused (an
+-- event stored already, one named that the room lacks, a depth out of
+-- line), nothing is, and each event goes through
+-- matrix_append_received() in turn instead.
 
 CREATE FUNCTION matrix_append_received_batch(p_room_nid integer,
     p_events jsonb)
@@ -67,14 +83,138 @@ LANGUAGE plpgsql
 AS $fn$
 DECLARE
     e     jsonb;
-    nids  jsonb := '[]';
+    n     integer;
+    nids  bigint[];
+    r     jsonb := '[]';
 BEGIN
-    FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
-        nids := nids || jsonb_build_array(matrix_append_received(
-                    p_room_nid, e, coalesce((e ->> 'soft_failed')::boolean,
-                                            false)));
-    END LOOP;
+    n := jsonb_array_length(p_events);
 
-    RETURN nids;
+    IF n = 0 THEN
+        RETURN r;
+    END IF;
+
+    nids := ARRAY(SELECT s.nid
+                    FROM (SELECT nextval(pg_get_serial_sequence('events',
+                                                                'nid'))
+                                 AS nid
+                            FROM generate_series(1, n)) s
+                   ORDER BY s.nid);
+
+    WITH b AS (
+        SELECT i.ord, i.e, i.e ->> 'event_id' AS id, nids[i.ord] AS nid,
+               coalesce((i.e ->> 'soft_failed')::boolean, false) AS soft
+          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS i(e, ord)
+    ),
+    -- every event named, found in the room or earlier in the batch
+    t AS (
+        SELECT b.ord, k.kind, x.o,
+               coalesce(ev.nid, b2.nid) AS nid,
+               coalesce(ev.depth, (b2.e ->> 'depth')::bigint) AS depth
+          FROM b
+         CROSS JOIN (VALUES ('prev'), ('auth')) AS k(kind)
+         CROSS JOIN LATERAL jsonb_array_elements_text(b.e -> k.kind)
+                    WITH ORDINALITY AS x(id, o)
+          LEFT JOIN LATERAL (SELECT ev.nid, ev.depth FROM events ev
+                              WHERE ev.event_id = x.id
+                                AND ev.room_nid = p_room_nid
+                              LIMIT 1) ev ON true
+          LEFT JOIN b b2 ON b2.id = x.id AND b2.ord < b.ord
+    ),
+    v AS (
+        SELECT t.ord,
+               array_agg(t.nid ORDER BY t.o)
+                   FILTER (WHERE t.kind = 'prev') AS prev,
+               array_agg(t.nid ORDER BY t.o)
+                   FILTER (WHERE t.kind = 'auth') AS auth,
+               bool_and(t.nid IS NOT NULL) AS found,
+               max(t.depth) FILTER (WHERE t.kind = 'prev') AS deep
+          FROM t
+         GROUP BY t.ord
+    ),
+    w AS (
+        SELECT b.ord, b.e, b.id, b.nid, b.soft,
+               coalesce(v.prev, '{}') AS prev, coalesce(v.auth, '{}') AS auth,
+               coalesce(v.found, true)
+               AND (b.soft OR (b.e ->> 'depth')::bigint
+                              <= coalesce(v.deep, 0) + 1)
+               AND (SELECT ev.nid FROM events ev
+                     WHERE ev.event_id = b.id) IS NULL
+               AND NOT EXISTS (SELECT 1 FROM b b2
+                                WHERE b2.id = b.id AND b2.ord < b.ord)
+               AS ok
+          FROM b LEFT JOIN v ON v.ord = b.ord
+    )
+    INSERT INTO events (nid, depth, origin_server_ts, room_nid, event_id,
+                        type, state_key, sender, prev_nids, auth_nids, pdu,
+                        soft_failed)
+    SELECT w.nid, (w.e ->> 'depth')::bigint, (w.e ->> 'ts')::bigint,
+           p_room_nid, w.id, w.e ->> 'type', w.e ->> 'state_key',
+           w.e ->> 'sender', w.prev, w.auth, w.e ->> 'pdu', w.soft
+      FROM w
+     WHERE (SELECT bool_and(w2.ok) FROM w w2)
+     ORDER BY w.ord;
+
+    IF NOT FOUND THEN
+        FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
+            r := r || jsonb_build_array(matrix_append_received(
+                     p_room_nid, e, coalesce((e ->> 'soft_failed')::boolean,
+                                             false)));
+        END LOOP;
+
+        RETURN r;
+    END IF;
+
+    -- what the events that are not soft-failed change: the state (by
+    -- the last of each key), the extremities, the silo's writes (in
+    -- order), and the redactions their servers may make
+    INSERT INTO room_state (room_nid, type, state_key, event_nid, membership)
+    SELECT DISTINCT ON (ev.type, ev.state_key)
+           p_room_nid, ev.type, ev.state_key, ev.nid,
+           p_events -> (ord - 1)::integer ->> 'membership'
+      FROM unnest(nids) WITH ORDINALITY AS w(nid, ord)
+      JOIN events ev ON ev.nid = w.nid
+     WHERE ev.state_key IS NOT NULL AND NOT ev.soft_failed
+     ORDER BY ev.type, ev.state_key, ev.nid DESC
+    ON CONFLICT (room_nid, type, state_key) DO UPDATE
+       SET event_nid = EXCLUDED.event_nid,
+           membership = EXCLUDED.membership;
+
+    DELETE FROM forward_extremities f
+     WHERE f.room_nid = p_room_nid
+       AND f.event_nid IN (SELECT unnest(ev.prev_nids) FROM events ev
+                            WHERE ev.nid = ANY (nids)
+                              AND NOT ev.soft_failed);
+
+    INSERT INTO forward_extremities (room_nid, event_nid)
+    SELECT p_room_nid, ev.nid FROM events ev
+     WHERE ev.nid = ANY (nids) AND NOT ev.soft_failed
+       AND NOT EXISTS (SELECT 1 FROM events l
+                        WHERE l.nid = ANY (nids) AND NOT l.soft_failed
+                          AND ev.nid = ANY (l.prev_nids));
+
+    INSERT INTO silo_outbox (event_id, room_nid, kind)
+    SELECT i.e ->> 'event_id', p_room_nid, i.e ->> 'outbox'
+      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS i(e, ord)
+     WHERE i.e ->> 'outbox' IS NOT NULL
+       AND NOT coalesce((i.e ->> 'soft_failed')::boolean, false)
+     ORDER BY i.ord;
+
+    UPDATE events t SET redacted_by = x.nid
+      FROM (SELECT DISTINCT ON (g.nid) g.nid AS target, ev.nid
+              FROM events ev
+              JOIN events g
+                ON g.event_id = coalesce(ev.pdu::jsonb ->> 'redacts',
+                                         ev.pdu::jsonb -> 'content'
+                                                       ->> 'redacts')
+               AND g.room_nid = p_room_nid AND g.nid < ev.nid
+               AND g.redacted_by IS NULL
+               AND substr(g.sender, strpos(g.sender, ':') + 1)
+                   = substr(ev.sender, strpos(ev.sender, ':') + 1)
+             WHERE ev.nid = ANY (nids) AND NOT ev.soft_failed
+               AND ev.type = 'm.room.redaction'
+             ORDER BY g.nid, ev.nid) x
+     WHERE t.nid = x.target;
+
+    RETURN to_jsonb(nids);
 END
 $fn$;
