@@ -17,10 +17,11 @@
 -- matrix_room_head()'s (prev, depth, state: with the member events of
 -- p_members), and
 --   "known":  the events of p_ids stored already (in any room);
---   "cited":  {event ID: {"depth", "pdu"}} of the events of p_cited that
---             the room has, "pdu" (text) only for those named in p_auth
---             (an object, by its keys) that can authorise (kept whole,
---             not soft-failed);
+--   "newest": the nid of the room's latest event;
+--   "cited":  {event ID: {"nid", "depth", "pdu"}} of the events of
+--             p_cited that the room has, "pdu" (text) only for those
+--             named in p_auth (an object, by its keys) that can
+--             authorise (kept whole, not soft-failed);
 --   "joined": {server: its users joined} of the servers of p_servers
 --             that have any.
 
@@ -39,9 +40,11 @@ BEGIN
                     FROM jsonb_array_elements_text(p_ids) AS x(id)
                    WHERE (SELECT e.nid FROM events e
                            WHERE e.event_id = x.id) IS NOT NULL),
+        'newest', (SELECT max(e.nid) FROM events e
+                    WHERE e.room_nid = p_room_nid),
         'cited', (SELECT coalesce(jsonb_object_agg(e.event_id,
                          jsonb_build_object(
-                             'depth', e.depth,
+                             'nid', e.nid, 'depth', e.depth,
                              'pdu', CASE WHEN NOT e.soft_failed
                                           AND p_auth ? e.event_id
                                          THEN e.pdu END)), '{}')
@@ -217,4 +220,42 @@ BEGIN
 
     RETURN to_jsonb(nids);
 END
+$fn$;
+
+
+-- The state after each event of p_ids (of the room), as far as the auth
+-- rules of the events received after it look (create, power levels, join
+-- rules, the member events of p_members): {event ID: [PDU text, ...]}.
+-- Events are in nid order, so it is the latest event of each key up to
+-- it, soft-failed ones left out, as in matrix_state_before().  The state
+-- before a received event is that after its latest prev event.
+
+CREATE FUNCTION matrix_state_after(p_room_nid integer, p_ids jsonb,
+    p_members jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT coalesce(jsonb_object_agg(p.event_id, (
+               SELECT coalesce(jsonb_agg(s.pdu)
+                               FILTER (WHERE s.pdu IS NOT NULL), '[]')
+                 FROM (SELECT 'm.room.create' AS type, '' AS state_key
+                       UNION ALL SELECT 'm.room.power_levels', ''
+                       UNION ALL SELECT 'm.room.join_rules', ''
+                       UNION SELECT 'm.room.member', m.id
+                               FROM jsonb_array_elements_text(p_members)
+                                    AS m(id)) k
+                CROSS JOIN LATERAL (SELECT e.pdu FROM events e
+                                     WHERE e.room_nid = p_room_nid
+                                       AND e.type = k.type
+                                       AND e.state_key = k.state_key
+                                       AND e.nid <= p.nid
+                                       AND NOT e.soft_failed
+                                     ORDER BY e.nid DESC
+                                     LIMIT 1) s)), '{}')
+      FROM (SELECT DISTINCT x.id FROM jsonb_array_elements_text(p_ids)
+                                      AS x(id)) i
+     CROSS JOIN LATERAL (SELECT ev.event_id, ev.nid FROM events ev
+                          WHERE ev.event_id = i.id
+                            AND ev.room_nid = p_room_nid
+                          LIMIT 1) p
 $fn$;

@@ -25,9 +25,11 @@
  *     server once, get_missing_events, between two such transactions,
  *     and what comes checked first; else "missing prev events"), the
  *     room's server ACL must let the origin in, and the auth rules must
- *     allow it by the auth events it cites (else it is rejected) and by
- *     the room's current state (else it is soft-failed: stored, but not
- *     current state, not an extremity, not told to the silo);
+ *     allow it by the auth events it cites and by the state before it
+ *     (that after its latest prev event, events being in nid order; else
+ *     it is rejected), and by the room's current state (else it is
+ *     soft-failed: stored, but not current state, not an extremity, not
+ *     told to the silo);
  *   - the accepted ones appended by one statement, with the silo's
  *     writes queued (silo_outbox): messages (m.text, m.emote, m.notice),
  *     edits, redactions, and joins and leaves of other servers' users.
@@ -72,6 +74,7 @@ typedef struct {
     unsigned                        done:1;        /* answered */
     unsigned                        redacted:1;
     unsigned                        soft_failed:1;
+    unsigned                        accepted:1;
     unsigned                        fetched:1;     /* of a gap: not
                                                       answered */
     unsigned                        retrying:1;    /* its gap was asked */
@@ -94,6 +97,18 @@ typedef struct {
     /* the room's batch, under its lock */
     ngx_http_matrix_room_head_t    *head;          /* its state as the
                                                       batch leaves it */
+    ngx_http_matrix_room_head_t     initial;       /* as read */
+    json_int_t                      newest;        /* the room's latest
+                                                      event's nid, as read */
+    ngx_uint_t                      last;          /* the item accepted
+                                                      last, not soft-failed,
+                                                      + 1; 0: none yet */
+    json_t                         *members;       /* whose member events
+                                                      were read */
+    json_t                         *forks;         /* event ID: {"from",
+                                                      "n"} of fork_events:
+                                                      the state after it */
+    ngx_array_t                    *fork_events;   /* mx_event_t * */
     json_t                         *extremities;   /* likewise */
     json_t                         *known;         /* event ID: stored */
     json_t                         *cited;         /* event ID: {"depth",
@@ -129,6 +144,13 @@ static ngx_int_t ngx_http_matrix_txn_begun(ngx_http_request_t *r,
 static ngx_int_t ngx_http_matrix_txn_read(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op);
 static ngx_int_t ngx_http_matrix_txn_cited(ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_txn_forked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_txn_batch(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op);
+static ngx_int_t ngx_http_matrix_txn_before(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_txn_pdu_t *item, mx_event_t ***state, size_t *n,
+    ngx_http_matrix_room_head_t *replay);
 static ngx_int_t ngx_http_matrix_txn_check(ngx_http_matrix_room_op_t *op,
     ngx_uint_t i);
 static const char *ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op,
@@ -190,6 +212,10 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_txn_room_stmt =
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_txn_read_stmt =
     ngx_http_matrix_pg_stmt(
         "SELECT matrix_receive_batch($1, $2, $3, $4, $5, $6)", 6);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_txn_forks_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT matrix_state_after($1, $2, $3)", 3);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_txn_append_stmt =
     ngx_http_matrix_pg_stmt(
@@ -796,6 +822,18 @@ ngx_http_matrix_txn_begun(ngx_http_request_t *r,
         json_array_extend(a[AUTH], ev->auth_events);
     }
 
+    /* the members asked about, asked again for the state at forks */
+
+    rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    t->members = json_incref(a[MEMBERS]);
+
+    if (t->members == NULL
+        || ngx_http_matrix_keep_json(r->pool, t->members) != NGX_OK)
+    {
+        t->members = NULL;
+        goto failed;
+    }
+
     /* AUTH as an object, for jsonb's "?" */
 
     v = json_object();
@@ -809,7 +847,6 @@ ngx_http_matrix_txn_begun(ngx_http_request_t *r,
     a[AUTH] = v;
 
     values[0] = op->nid;
-    rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
 
     for (j = 0; j < 5; j++) {
         text[j] = a[j] ? json_dumps(a[j], JSON_COMPACT) : NULL;
@@ -835,19 +872,21 @@ failed:
 }
 
 
-/* each PDU checked in turn, the accepted ones appended at once */
+/* what the room has for the batch: then the state at its forks, if any */
 
 static ngx_int_t
 ngx_http_matrix_txn_read(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    char                   *text;
-    json_t                 *doc, *known, *v;
-    size_t                  k;
-    ngx_int_t               rc;
-    ngx_str_t               values[2];
-    ngx_uint_t              i;
-    ngx_http_matrix_txn_t  *t;
+    char                       *text[2];
+    json_t                     *doc, *known, *forks, *latest, *p, *v;
+    size_t                      k;
+    ngx_int_t                   rc;
+    ngx_str_t                   values[3];
+    ngx_uint_t                  i;
+    json_int_t                  nid;
+    ngx_http_matrix_txn_t      *t;
+    ngx_http_matrix_txn_pdu_t  *item;
 
     t = op->data;
 
@@ -885,6 +924,154 @@ ngx_http_matrix_txn_read(ngx_http_request_t *r,
         }
     }
 
+    t->initial = *t->head;
+    t->newest = json_integer_value(json_object_get(doc, "newest"));
+    t->last = 0;
+    t->forks = NULL;
+
+    /*
+     * The PDUs that follow an older event of the room than its latest
+     * (a fork): the state after it, for the state before them, read
+     * first.
+     */
+
+    forks = json_array();
+    if (forks == NULL || ngx_http_matrix_keep_json(r->pool, forks) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = t->next; i < t->end; i++) {
+        item = (ngx_http_matrix_txn_pdu_t *) t->items.elts + i;
+
+        if (item->done) {
+            continue;
+        }
+
+        latest = NULL;
+        nid = -1;
+
+        json_array_foreach(item->ev->prev_events, k, p) {
+            v = json_object_get(t->cited, json_string_value(p));
+
+            if (v == NULL) {
+                /* of this batch, or missing */
+                latest = NULL;
+                break;
+            }
+
+            if (json_integer_value(json_object_get(v, "nid")) > nid) {
+                nid = json_integer_value(json_object_get(v, "nid"));
+                latest = p;
+            }
+        }
+
+        if (latest && nid != t->newest
+            && json_array_append(forks, latest) != 0)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (json_array_size(forks) == 0) {
+        return ngx_http_matrix_txn_batch(r, op);
+    }
+
+    text[0] = json_dumps(forks, JSON_COMPACT);
+    text[1] = json_dumps(t->members, JSON_COMPACT);
+
+    if (text[0] == NULL || text[1] == NULL) {
+        free(text[0]);
+        free(text[1]);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = op->nid;
+    values[1].data = (u_char *) text[0];
+    values[1].len = ngx_strlen(text[0]);
+    values[2].data = (u_char *) text[1];
+    values[2].len = ngx_strlen(text[1]);
+
+    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_txn_forks_stmt,
+                                  values, 3, ngx_http_matrix_txn_forked);
+    free(text[0]);
+    free(text[1]);
+
+    return rc;
+}
+
+
+/* the state after each fork point: parsed once, kept with the op */
+
+static ngx_int_t
+ngx_http_matrix_txn_forked(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    json_t                 *doc, *pdus, *v;
+    size_t                  k;
+    mx_err_t                err;
+    const char             *id;
+    mx_event_t            **ev;
+    ngx_http_matrix_txn_t  *t;
+
+    t = op->data;
+
+    doc = ngx_http_matrix_room_json(op);
+    t->fork_events = ngx_array_create(op->pool, 16, sizeof(mx_event_t *));
+    t->forks = json_object();
+
+    if (doc == NULL || ngx_http_matrix_keep_json(r->pool, doc) != NGX_OK
+        || t->fork_events == NULL || t->forks == NULL
+        || ngx_http_matrix_keep_json(r->pool, t->forks) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_object_foreach(doc, id, pdus) {
+        if (json_object_set_new(t->forks, id,
+                                json_pack("{s:I,s:I}", "from",
+                                          (json_int_t) t->fork_events->nelts,
+                                          "n", (json_int_t)
+                                               json_array_size(pdus)))
+            != 0)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        json_array_foreach(pdus, k, v) {
+            ev = ngx_array_push(t->fork_events);
+
+            if (ev == NULL
+                || mx_event_parse(json_string_value(v),
+                                  json_string_length(v), op->version, ev,
+                                  &err)
+                   != MX_OK
+                || ngx_http_matrix_keep_event(op->pool, *ev) != NGX_OK)
+            {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "matrix room \"%V\": the state after %s "
+                              "cannot be read", &op->room_id, id);
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
+    }
+
+    return ngx_http_matrix_txn_batch(r, op);
+}
+
+
+/* each PDU checked in turn, the accepted ones appended at once */
+
+static ngx_int_t
+ngx_http_matrix_txn_batch(ngx_http_request_t *r,
+    ngx_http_matrix_room_op_t *op)
+{
+    char                   *text;
+    ngx_int_t               rc;
+    ngx_str_t               values[2];
+    ngx_uint_t              i;
+    ngx_http_matrix_txn_t  *t;
+
+    t = op->data;
     t->stop = t->end;
 
     for (i = t->next; i < t->end; i++) {
@@ -1061,14 +1248,16 @@ static const char *
 ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_txn_pdu_t *item)
 {
-    size_t                      i, j, n;
-    json_t                     *v, *e;
-    int64_t                     deepest;
-    mx_err_t                    err;
-    mx_event_t                 *ev, *events[NGX_HTTP_MATRIX_AUTH_MAX];
-    const char                 *id, *error;
-    ngx_http_matrix_txn_t      *t;
-    ngx_http_matrix_txn_pdu_t  *items;
+    size_t                        i, j, n, nstate;
+    json_t                       *v, *e;
+    int64_t                       deepest;
+    mx_err_t                      err;
+    mx_event_t                   *ev, *events[NGX_HTTP_MATRIX_AUTH_MAX];
+    mx_event_t                  **state;
+    const char                   *id, *error;
+    ngx_http_matrix_txn_t        *t;
+    ngx_http_matrix_txn_pdu_t    *items;
+    ngx_http_matrix_room_head_t   replay;
 
     t = op->data;
     items = t->items.elts;
@@ -1136,6 +1325,31 @@ ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op,
         return error;
     }
 
+    /* by the state before it (that after its latest prev event) */
+
+    if (ngx_http_matrix_txn_before(op, item, &state, &nstate, &replay)
+        != NGX_OK)
+    {
+        return "out of memory";
+    }
+
+    if (mx_auth_check(ev, (const mx_event_t *const *) state, nstate, &err)
+        != MX_OK)
+    {
+        error = ngx_pnalloc(op->r->pool,
+                            sizeof("rejected by the state before it: ") - 1
+                            + ngx_strlen(err.msg) + 1);
+        if (error == NULL) {
+            return "rejected";
+        }
+
+        ngx_sprintf((u_char *) error, "rejected by the state before it: %s%Z",
+                    err.msg);
+        return error;
+    }
+
+    /* and by the room's current state */
+
     if (mx_auth_check(ev, (const mx_event_t *const *) t->head->state,
                       t->head->nstate, &err)
         != MX_OK)
@@ -1163,6 +1377,88 @@ ngx_http_matrix_txn_auth(ngx_http_matrix_room_op_t *op,
     }
 
     return NULL;
+}
+
+
+/*
+ * The state before a PDU: that after its latest prev event (events are
+ * in nid order, the batch's after the room's): after the PDU of the batch
+ * accepted last, the batch's state as it is; after an earlier one, the
+ * state as read with the batch's state events up to it; after the room's
+ * latest event, the state as read; after an older one (a fork), that
+ * read for it (matrix_state_after).  Its prev events are all known here.
+ */
+
+static ngx_int_t
+ngx_http_matrix_txn_before(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_txn_pdu_t *item, mx_event_t ***state, size_t *n,
+    ngx_http_matrix_room_head_t *replay)
+{
+    size_t                      k;
+    json_t                     *p, *v, *e, *fork;
+    json_int_t                  batch, nid;
+    const char                 *latest;
+    ngx_uint_t                  i;
+    ngx_http_matrix_txn_t      *t;
+    ngx_http_matrix_txn_pdu_t  *items, *it;
+
+    t = op->data;
+    items = t->items.elts;
+
+    batch = -1;
+    nid = -1;
+    latest = NULL;
+
+    json_array_foreach(item->ev->prev_events, k, p) {
+        v = json_object_get(t->cited, json_string_value(p));
+
+        if ((e = json_object_get(v, "i")) != NULL) {
+            batch = ngx_max(batch, json_integer_value(e));
+
+        } else if (json_integer_value(json_object_get(v, "nid")) > nid) {
+            nid = json_integer_value(json_object_get(v, "nid"));
+            latest = json_string_value(p);
+        }
+    }
+
+    if (batch >= 0 && (ngx_uint_t) batch + 1 == t->last) {
+        *state = t->head->state;
+        *n = t->head->nstate;
+        return NGX_OK;
+    }
+
+    if (batch >= 0) {
+        *replay = t->initial;
+
+        for (i = t->next; i <= (ngx_uint_t) batch; i++) {
+            it = &items[i];
+
+            if (it->accepted && !it->soft_failed && it->ev->state_key
+                && ngx_http_matrix_room_head_set(replay, it->ev) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        *state = replay->state;
+        *n = replay->nstate;
+        return NGX_OK;
+    }
+
+    fork = (latest && nid != t->newest)
+           ? json_object_get(t->forks, latest) : NULL;
+
+    if (fork) {
+        *state = (mx_event_t **) t->fork_events->elts
+                 + json_integer_value(json_object_get(fork, "from"));
+        *n = json_integer_value(json_object_get(fork, "n"));
+        return NGX_OK;
+    }
+
+    *state = t->initial.state;
+    *n = t->initial.nstate;
+
+    return NGX_OK;
 }
 
 
@@ -1209,10 +1505,13 @@ ngx_http_matrix_txn_accept(ngx_http_matrix_room_op_t *op, ngx_uint_t i)
     }
 
     t->appended[json_array_size(t->records) - 1] = i;
+    item->accepted = 1;
 
     if (item->soft_failed) {
         return NGX_OK;
     }
+
+    t->last = i + 1;
 
     if (ev->state_key
         && (ngx_strcmp(ev->type, "m.room.member") == 0

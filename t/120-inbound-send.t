@@ -338,6 +338,40 @@ is soft_failed_of($fjid, $fmid), 'false,false', 'neither soft-failed';
 is eventually(q{SELECT count(*) FROM chat.messages WHERE source = 'frank here'}, 1), 1,
    'the message delivered';
 
+# frank leaves, and in the same transaction speaks after his leave (the
+# state before it does not allow it: rejected) and beside it (it does,
+# the room's does not: soft-failed)
+my ($fl, $flid) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'leave' },
+    auth => [@AUTH2[0, 1], $fjid]);
+my ($fa, $faid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    prev => [$flid], depth => $fl->{depth} + 1, content => text('frank after'),
+    auth => [@AUTH2[0, 1], $fjid]);
+my ($fb, $fbid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    content => text('frank beside'), auth => [@AUTH2[0, 1], $fjid]);
+($status, $json) = send_txn([$fl, $fa, $fb]);
+is_deeply $json->{pdus}{$flid}, {}, 'his leave accepted';
+like $json->{pdus}{$faid}{error}, qr/^rejected by the state before it: /,
+   'after it: rejected by the state before it' or diag explain $json;
+is_deeply $json->{pdus}{$fbid}, {}, 'beside it: answered as accepted';
+is soft_failed_of($flid, $faid, $fbid), 'false,true', 'stored soft-failed';
+
+# he joins again, leaves, and speaks after his join (before his leave):
+# the state before it is the state as the transaction's join left it
+my ($fj2, $fjid2) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'join' },
+    auth => [@AUTH2[0, 1], state_id('m.room.join_rules', '', $RNID2), $flid]);
+my ($fl2, $flid2) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'leave' },
+    prev => [$fjid2], depth => $fj2->{depth} + 1, auth => [@AUTH2[0, 1], $fjid2]);
+my ($fc, $fcid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    prev => [$fjid2], depth => $fj2->{depth} + 1, content => text('frank between'),
+    auth => [@AUTH2[0, 1], $fjid2]);
+($status, $json) = send_txn([$fj2, $fl2, $fc]);
+is_deeply $json->{pdus}, { $fjid2 => {}, $flid2 => {}, $fcid => {} },
+   'a message beside a leave of the same transaction: answered as accepted' or diag explain $json;
+is soft_failed_of($fjid2, $flid2, $fcid), 'false,false,true', 'soft-failed, not rejected';
+
 # one refused in the middle: those after it that name it refused too (no
 # gap asked for them), the others accepted
 my $GME = sub { scalar grep { $_->{path} =~ m{^/_matrix/federation/v1/get_missing_events/} }
@@ -454,7 +488,18 @@ my ($l1, $lid1) = event(type => 'm.room.member', state_key => $USER,
 is_deeply $json->{pdus}{$lid1}, {}, 'carol leaves by a /send';
 is eventually($MEMBER, 0), 0, 'the silo no longer has carol in General';
 
-my ($s1, $sid1) = event(content => text('ghost'));
+# after her leave, by her old join: the state before it (after her leave)
+# does not allow it
+my ($s0, $sid0) = event(content => text('ghost after'));
+($status, $json) = send_txn([$s0]);
+like $json->{pdus}{$sid0}{error}, qr/^rejected by the state before it: /,
+   'a message after her leave: rejected by the state before it' or diag explain $json;
+is $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id = '$sid0'}), 0, 'not stored';
+
+# beside her leave (from before it), by her old join: allowed by the
+# state before it, not by the room's
+my ($s1, $sid1) = event(prev => $l1->{prev_events}, depth => $l1->{depth},
+                        content => text('ghost'));
 ($status, $json) = send_txn([$s1]);
 is $status, 200, 'a message by her old join: 200';
 is_deeply $json->{pdus}{$sid1}, {}, 'answered as accepted' or diag explain $json;
