@@ -137,10 +137,17 @@ static ngx_http_matrix_feed_t  *ngx_http_matrix_feed;
 ngx_http_matrix_srv_conf_t *
 ngx_http_matrix_background_srv_conf(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                   i;
-    ngx_http_core_srv_conf_t   **cscfp;
-    ngx_http_core_main_conf_t   *cmcf;
-    ngx_http_matrix_srv_conf_t  *mscf;
+    ngx_uint_t                    i;
+    ngx_http_core_srv_conf_t    **cscfp;
+    ngx_http_core_main_conf_t    *cmcf;
+    ngx_http_matrix_srv_conf_t   *mscf;
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->federation) {
+        return NULL;
+    }
 
     cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module);
     if (cmcf == NULL) {
@@ -172,16 +179,12 @@ ngx_http_matrix_feed_init_process(ngx_cycle_t *cycle)
     ngx_http_matrix_srv_conf_t   *mscf;
     ngx_http_matrix_main_conf_t  *mmcf;
 
-    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
-
-    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->federation) {
-        return NGX_OK;
-    }
-
     mscf = ngx_http_matrix_background_srv_conf(cycle);
     if (mscf == NULL) {
         return NGX_OK;
     }
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
 
     f = ngx_pcalloc(cycle->pool, sizeof(ngx_http_matrix_feed_t));
     if (f == NULL) {

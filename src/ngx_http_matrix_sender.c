@@ -43,6 +43,7 @@
 #define NGX_HTTP_MATRIX_SENDER_STANDBY    3000     /* tries for the lock */
 #define NGX_HTTP_MATRIX_SENDER_DESTS      32       /* in flight */
 #define NGX_HTTP_MATRIX_SENDER_PDUS       50       /* per transaction */
+#define NGX_HTTP_MATRIX_SENDER_EDUS       100
 #define NGX_HTTP_MATRIX_SENDER_PER_ROOM   50
 #define NGX_HTTP_MATRIX_SENDER_SCAN       1000     /* outbox rows a pass */
 #define NGX_HTTP_MATRIX_SENDER_FLOOR      1000     /* ms between writes */
@@ -81,6 +82,9 @@ typedef struct {
     u_char                          txn_buf[NGX_INT64_LEN * 2 + 2];
     int64_t                         upto;
     ngx_str_t                       nids;          /* "{1,2,3}", ngx_alloc */
+    json_t                         *txn_edus;
+
+    json_t                         *edus;          /* for the next one */
 
     unsigned                        owed:1;        /* may have events */
     unsigned                        row:1;         /* it has a row */
@@ -135,6 +139,7 @@ struct ngx_http_matrix_sender_job_s {
     ngx_str_t                       body;
     ngx_str_t                       why;
     ngx_uint_t                      npdus;
+    ngx_uint_t                      nedus;
     unsigned                        sent:1;
     u_char                          whybuf[200];
 };
@@ -151,6 +156,8 @@ static ngx_int_t ngx_http_matrix_sender_scan(ngx_http_matrix_sender_t *s);
 static ngx_int_t ngx_http_matrix_sender_scanned(ngx_http_matrix_sender_t *s);
 static ngx_int_t ngx_http_matrix_sender_txns(ngx_http_matrix_sender_t *s);
 static void ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s);
+static void ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_sender_dest_t *d);
 static ngx_int_t ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s);
 static void ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q);
 static ngx_int_t ngx_http_matrix_sender_run(ngx_http_matrix_sender_t *s,
@@ -234,16 +241,14 @@ ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle)
     ngx_http_matrix_srv_conf_t   *mscf;
     ngx_http_matrix_main_conf_t  *mmcf;
 
-    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
-
-    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->federation
-        || mmcf->http == NULL)
-    {
+    mscf = ngx_http_matrix_background_srv_conf(cycle);
+    if (mscf == NULL) {
         return NGX_OK;
     }
 
-    mscf = ngx_http_matrix_background_srv_conf(cycle);
-    if (mscf == NULL) {
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf->http == NULL) {
         return NGX_OK;
     }
 
@@ -782,7 +787,9 @@ ngx_http_matrix_sender_scanned(ngx_http_matrix_sender_t *s)
     {
         d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
 
-        if (d->job || !(d->owed || d->txn_id.len) || d->retry_at > now) {
+        if (d->job || !(d->owed || d->txn_id.len || d->edus)
+            || d->retry_at > now)
+        {
             continue;
         }
 
@@ -928,12 +935,7 @@ ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s)
             d->owed = 0;
         }
 
-        d->txn_id.data = d->txn_buf;
-        d->txn_id.len = ngx_sprintf(d->txn_buf, "%L.%ui", s->epoch,
-                                    ++s->ntxn)
-                        - d->txn_buf;
-
-        (void) ngx_http_matrix_sender_job(s, d);
+        ngx_http_matrix_sender_new_txn(s, d);
     }
 
     for (i = 0; i < s->nbatch; i++) {
@@ -949,6 +951,98 @@ ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s)
         if (!d->given_up) {
             d->cursor = ngx_max(d->cursor, s->txns_upto);
         }
+
+        if (d->edus == NULL) {
+            continue;
+        }
+
+        /* EDUs alone */
+
+        d->nids.data = ngx_alloc(2, s->log);
+        if (d->nids.data == NULL) {
+            continue;
+        }
+
+        ngx_memcpy(d->nids.data, "{}", 2);
+        d->nids.len = 2;
+        d->upto = d->cursor;
+
+        ngx_http_matrix_sender_new_txn(s, d);
+    }
+}
+
+
+/* a transaction made: its ID, the EDUs waiting, and off it goes */
+
+static void
+ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_sender_dest_t *d)
+{
+    d->txn_id.data = d->txn_buf;
+    d->txn_id.len = ngx_sprintf(d->txn_buf, "%L.%ui", s->epoch, ++s->ntxn)
+                    - d->txn_buf;
+
+    d->txn_edus = d->edus;
+    d->edus = NULL;
+
+    (void) ngx_http_matrix_sender_job(s, d);
+}
+
+
+/*
+ * An EDU for a destination, sent with its next transaction: by the
+ * owner only, and not to a server that is not answering (EDUs are
+ * ephemeral: a typing notice from an hour ago is noise).
+ */
+
+ngx_uint_t
+ngx_http_matrix_sender_sends(void)
+{
+    return ngx_http_matrix_sender && ngx_http_matrix_sender->owner;
+}
+
+
+void
+ngx_http_matrix_sender_edu(ngx_str_t *server, json_t *edu)
+{
+    ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    s = ngx_http_matrix_sender;
+
+    if (s == NULL || !s->owner) {
+        return;
+    }
+
+    d = ngx_http_matrix_sender_dest(s, server->data, server->len, 1);
+
+    if (d == NULL || d->given_up
+        || d->retry_at > ngx_http_matrix_now_ms())
+    {
+        return;
+    }
+
+    if (d->edus == NULL) {
+        d->edus = json_array();
+        if (d->edus == NULL) {
+            return;
+        }
+    }
+
+    if (json_array_size(d->edus) >= NGX_HTTP_MATRIX_SENDER_EDUS) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
+                       "matrix sender: EDUs for %V dropped: too many",
+                       server);
+        return;
+    }
+
+    json_array_append(d->edus, edu);
+
+    if (s->busy) {
+        s->again = 1;
+
+    } else {
+        ngx_http_matrix_sender_soon(s, 1);
     }
 }
 
@@ -1089,6 +1183,8 @@ ngx_http_matrix_sender_step_down(ngx_http_matrix_sender_t *s)
         {
             d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
             ngx_http_matrix_sender_drop_txn(d);
+            json_decref(d->edus);
+            d->edus = NULL;
         }
     }
 
@@ -1163,6 +1259,9 @@ ngx_http_matrix_sender_drop_txn(ngx_http_matrix_sender_dest_t *d)
 
     ngx_str_null(&d->nids);
     d->txn_id.len = 0;
+
+    json_decref(d->txn_edus);
+    d->txn_edus = NULL;
 }
 
 
@@ -1299,10 +1398,14 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
 
     j->npdus = json_array_size(pdus);
 
-    txn = json_pack("{s:s,s:I,s:o,s:[]}",
+    j->nedus = json_array_size(j->d->txn_edus);
+
+    txn = json_pack("{s:s,s:I,s:o,s:o}",
                     "origin", (char *) j->s->mscf->server_name.data,
                     "origin_server_ts", (json_int_t) ngx_http_matrix_now_ms(),
-                    "pdus", pdus, "edus");
+                    "pdus", pdus,
+                    "edus", j->d->txn_edus ? json_incref(j->d->txn_edus)
+                                           : json_array());
 
     text = txn ? json_dumps(txn, JSON_COMPACT) : NULL;
     json_decref(txn);
@@ -1408,8 +1511,9 @@ ngx_http_matrix_sender_answered(ngx_http_matrix_http_req_t *hr)
 
     if (hr->status == NGX_HTTP_OK) {
         ngx_log_error(NGX_LOG_INFO, j->s->log, 0,
-                      "matrix sender: transaction %V to %V: %ui PDUs sent",
-                      &j->txn_id, &j->server, j->npdus);
+                      "matrix sender: transaction %V to %V: %ui PDUs, %ui "
+                      "EDUs sent", &j->txn_id, &j->server, j->npdus,
+                      j->nedus);
         ngx_http_matrix_sender_settle(j, 1);
         return;
     }
