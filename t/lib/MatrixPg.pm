@@ -192,11 +192,18 @@ sub psql {
 
     # as ourselves: the socket is open to all, authentication is trust
     my ($out, $err) = ('', '');
-    my $ok = run ['psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-                  '-h', $self->{dir}, '-U', 'postgres',
-                  '-d', $o{db} // 'matrix'],
-                 '<', \$sql, '>', \$out, '2>', \$err,
-                 timeout($o{timeout} // 120);
+
+    # psql stops reading at the first error (ON_ERROR_STOP): the rest of
+    # a long script is then written to nobody
+    local $SIG{PIPE} = 'IGNORE';
+    my $ok = eval {
+        run ['psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+             '-h', $self->{dir}, '-U', 'postgres', '-d', $o{db} // 'matrix'],
+            '<', \$sql, '>', \$out, '2>', \$err,
+            timeout($o{timeout} // 120);
+    };
+    # the write broken off (EPIPE) says nothing psql did not say
+    die $@ if $@ && $@ !~ /\bEPIPE\b|Broken pipe/;
 
     die "psql: $err" unless $ok || $o{may_fail};
     chomp $out;
