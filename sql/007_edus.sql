@@ -82,15 +82,16 @@ END
 $fn$;
 
 
--- Typing notices and read receipts from p_origin (p_items: a JSON array
--- of {"room_id", "user_id", and for a receipt "event_id"}): one row for
--- each whose room is a silo room in which p_origin has a user joined,
+-- Typing notices and read receipts (p_items: a JSON array of
+-- {"room_id", "user_id", and for a receipt "event_id"}, of users of the
+-- server that sent them): one row for each whose room is a silo room in
+-- which its user is joined (so that its server has a user joined),
 -- with the silo's room, the room's server ACL content (the caller
 -- applies it), the user's display name in the room, and the silo message
 -- the event of a receipt stands for, when it is one of the room's.
 -- (PL/pgSQL: the silo's views need not exist when this is created.)
 
-CREATE FUNCTION matrix_edu_targets(p_items jsonb, p_origin text)
+CREATE FUNCTION matrix_edu_targets(p_items jsonb)
 RETURNS TABLE (ord bigint, silo_room_id text, acl jsonb, displayname text,
                message_id text)
 LANGUAGE plpgsql STABLE
@@ -102,10 +103,7 @@ BEGIN
               FROM room_state s JOIN events e ON e.nid = s.event_nid
              WHERE s.room_nid = r.room_nid
                AND s.type = 'm.room.server_acl' AND s.state_key = ''),
-           (SELECT e.pdu::jsonb -> 'content' ->> 'displayname'
-              FROM room_state s JOIN events e ON e.nid = s.event_nid
-             WHERE s.room_nid = r.room_nid AND s.type = 'm.room.member'
-               AND s.state_key = i.v ->> 'user_id'),
+           (me.pdu::jsonb -> 'content' ->> 'displayname'),
            (SELECT coalesce(e.silo_message_id,
                             (SELECT m.message_id FROM messages m
                               WHERE m.matrix_event_id = e.event_id
@@ -115,13 +113,12 @@ BEGIN
                AND e.room_nid = r.room_nid)
       FROM jsonb_array_elements(p_items) WITH ORDINALITY AS i(v, ord)
       JOIN matrix_rooms r ON r.room_id = i.v ->> 'room_id'
+      JOIN room_state ms ON ms.room_nid = r.room_nid
+                        AND ms.type = 'm.room.member'
+                        AND ms.state_key = i.v ->> 'user_id'
+                        AND ms.membership = 'join'
+      JOIN events me ON me.nid = ms.event_nid
      WHERE r.silo_room_id IS NOT NULL
-       AND EXISTS (SELECT 1 FROM room_state s
-                    WHERE s.room_nid = r.room_nid
-                      AND s.type = 'm.room.member'
-                      AND s.membership = 'join'
-                      AND substr(s.state_key, strpos(s.state_key, ':') + 1)
-                          = p_origin)
      ORDER BY i.ord;
 END
 $fn$;

@@ -7,11 +7,11 @@
  *
  * They are ephemeral: the next one replaces a lost one, so they get no
  * queue and no retry, and the transaction's answer never waits for them.
- * A transaction's notices and receipts make one batch, on a pool of its
- * own: one query finds their silo rooms (only where the origin has a
- * user joined, and they are only taken from the origin's own users),
- * the rooms' server ACLs and the silo messages the receipts name; then
- * they are sent to the silo one at a time.  A worker runs a few batches
+ * A transaction's notices and receipts (of the origin's own users only)
+ * make one batch, on a pool of its own: one query finds their silo rooms
+ * (only those where the user is joined: so the origin has a user joined
+ * too), the rooms' server ACLs and the silo messages the receipts name;
+ * then they are sent to the silo one at a time.  A worker runs a few batches
  * at once, and drops the EDUs of a transaction that comes while they
  * all run: a slow silo costs neither memory nor connections.
  */
@@ -74,7 +74,7 @@ static ngx_uint_t  ngx_http_matrix_edu_batches;
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_edu_targets_stmt =
     ngx_http_matrix_pg_stmt(
         "SELECT ord, silo_room_id, acl, displayname, message_id "
-        "FROM matrix_edu_targets($1, $2)", 2);
+        "FROM matrix_edu_targets($1)", 1);
 
 
 void
@@ -189,13 +189,12 @@ ngx_http_matrix_edu_receive(ngx_http_request_t *r, ngx_str_t *origin,
     value.len = ngx_strlen(text);
 
     q->stmt = &ngx_http_matrix_edu_targets_stmt;
-    q->nparams = 2;
+    q->nparams = 1;
     q->timeout = NGX_HTTP_MATRIX_EDU_TIMEOUT;
     q->handler = ngx_http_matrix_edu_found;
     q->data = b;
 
     if (ngx_http_matrix_pg_param(q, 0, &value) != NGX_OK
-        || ngx_http_matrix_pg_param(q, 1, &b->origin) != NGX_OK
         || ngx_http_matrix_pg_run(q) != NGX_OK)
     {
         goto failed;

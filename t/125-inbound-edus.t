@@ -18,7 +18,7 @@ use MatrixRoomTest;
 
 plan skip_all => MatrixRoomTest::skip_reason() if MatrixRoomTest::skip_reason();
 
-my $t = MatrixRoomTest->start(names => ['remote.test', 'other.test'], workers => 1);
+my $t = MatrixRoomTest->start(names => ['remote.test', 'other.test', 'third.test'], workers => 1);
 my $pg = $t->pg;
 my $SUPPORTS = "    matrix_silo_supports reactions typing receipts;\n";
 $t->restart_nginx(workers => 1, http => $SUPPORTS);
@@ -143,20 +143,34 @@ is eventually(sprintf($TYPING, $CAROL), 'typing'), 'typing', '(a later notice ar
 is $pg->psql(sprintf($READ, $CAROL)), $SILO_MID,
    'a receipt of an event that is no silo message changes nothing';
 
-# olga's server has no user in General; remote.test claims oscar of it
-my ($OLGA, $OSCAR) = ('@olga:other.test', '@oscar:other.test');
-($status) = $t->send_txn([], edus => [typing_edu($OLGA, $TRUE), receipt_edu($OLGA, $SILO_EV)],
-                         as => 'other.test');
+# oscar of other.test joins General as well; third.test has no user in it,
+# olivia of other.test is not in it, and remote.test speaks for oscar
+my ($OSCAR, $OLIVIA, $TESS) = ('@oscar:other.test', '@olivia:other.test', '@tess:third.test');
+ok $t->remote_join($OSCAR, $ROOM), 'oscar of other.test joins General';
+my @none;
+($status) = $t->send_txn([], edus => [typing_edu($TESS, $TRUE), receipt_edu($TESS, $SILO_EV)],
+                         as => 'third.test');
 is $status, 200, 'EDUs from a server with no user in the room: 200';
+push @none, [$TESS, 'those of a server with no user in the room'];
+($status) = $t->send_txn([], edus => [typing_edu($OLIVIA, $TRUE), receipt_edu($OLIVIA, $SILO_EV),
+                                      typing_edu($OSCAR, $FALSE)],
+                         as => 'other.test');
+is $status, 200, 'EDUs of a user not in the room: 200';
+push @none, [$OLIVIA, 'those of a user not in the room'];
+is eventually(sprintf($TYPING, $OSCAR), 'stopped'), 'stopped',
+   '(oscar\'s own, sent with them, arrived)';
 ($status) = $t->send_txn([], edus => [typing_edu($OSCAR, $TRUE), receipt_edu($OSCAR, $SILO_EV),
-                                      typing_edu('@dan:remote.test', $TRUE)]);
+                                      typing_edu($CAROL, $FALSE)]);
 is $status, 200, 'EDUs of a user of another server: 200';
-is eventually(sprintf($TYPING, '@dan:remote.test'), 'typing'), 'typing',
-   '(the one of its own user, sent with them, arrived)';
-is $pg->psql(sprintf($TYPING, $OLGA)) . ' ' . $pg->psql(sprintf($READ, $OLGA)), 'none none',
-   'those of the server with no user in the room did not reach the silo';
-is $pg->psql(sprintf($TYPING, $OSCAR)) . ' ' . $pg->psql(sprintf($READ, $OSCAR)), 'none none',
-   'nor those of a user of another server';
+is eventually(sprintf($TYPING, $CAROL), 'stopped'), 'stopped',
+   '(the one of its own user, sent after them, arrived)';
+for (@none) {
+    my ($user, $what) = @$_;
+    is $pg->psql(sprintf($TYPING, $user)) . ' ' . $pg->psql(sprintf($READ, $user)), 'none none',
+       "$what did not reach the silo";
+}
+is $pg->psql(sprintf($TYPING, $OSCAR)) . ' ' . $pg->psql(sprintf($READ, $OSCAR)), 'stopped none',
+   'nor those claimed for a user of another server';
 
 # malformed EDUs, with a message: the transaction and the message go through
 my ($m3, $id3) = carol(content => { msgtype => 'm.text', body => 'after junk' });
@@ -179,6 +193,8 @@ is eventually(qq{SELECT count(*) FROM chat.messages WHERE matrix_event_id = '$id
 
 # --- nothing declared: the fallback for reactions, no typing nor receipts ------------
 
+$t->send_txn([], edus => [typing_edu($CAROL, $TRUE)]);
+is eventually(sprintf($TYPING, $CAROL), 'typing'), 'typing', 'carol types again';
 $t->restart_nginx(workers => 1);
 
 my ($x4, $xid4) = react($id1, $PARTY);
@@ -197,7 +213,6 @@ is eventually(qq{SELECT deleted_at IS NOT NULL FROM chat.messages WHERE matrix_e
 my $UNTIL = q{SELECT t.until FROM chat.typing t JOIN chat.users u ON u.id = t.user_id
                 WHERE t.room_id = 1 AND u.matrix_user_id = '@carol:remote.test'};
 my $until = $pg->psql($UNTIL);
-ok $until, 'carol is typing';
 $pg->psql(q{UPDATE chat.read_markers SET message_id = (SELECT min(id) FROM chat.messages WHERE room_id = 1)});
 my $before = $pg->psql(sprintf($READ, $CAROL));
 $t->send_txn([], edus => [typing_edu($CAROL, $FALSE), receipt_edu($CAROL, $SILO_EV)]);
