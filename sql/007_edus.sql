@@ -99,7 +99,7 @@ AS $fn$
 BEGIN
     RETURN QUERY
     SELECT i.ord, r.silo_room_id,
-           (SELECT e.pdu::jsonb -> 'content'
+           (SELECT coalesce(e.pdu::jsonb -> 'content', e.content::jsonb)
               FROM room_state s JOIN events e ON e.nid = s.event_nid
              WHERE s.room_nid = r.room_nid
                AND s.type = 'm.room.server_acl' AND s.state_key = ''),

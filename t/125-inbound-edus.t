@@ -3,8 +3,9 @@
 # "matrix_silo_supports reactions", else the fallback: a reply "reacted
 # with KEY" that the reaction's redaction deletes), typing notices and
 # read receipts (PUT typing, receipts, when declared), mentions; and the
-# EDUs that must not reach it: from a server with no user in the room,
-# for a user of another server, malformed, or undeclared.
+# EDUs that must not reach it: from a server with no user in the room, of
+# a user not in it, for a user of another server, from a server the
+# room's ACL denies, malformed, or undeclared.
 
 use strict;
 use warnings;
@@ -171,6 +172,27 @@ for (@none) {
 }
 is $pg->psql(sprintf($TYPING, $OSCAR)) . ' ' . $pg->psql(sprintf($READ, $OSCAR)), 'stopped none',
    'nor those claimed for a user of another server';
+
+# a server ACL that denies other.test: oscar's notices no longer reach the
+# silo (the ACL put in the room's state by hand, for these EDUs only)
+$pg->psql(q{WITH r AS (SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '!general:module.test'),
+                 e AS (INSERT INTO matrix.events (depth, origin_server_ts, room_nid, event_id, type,
+                                                  state_key, sender, prev_nids, auth_nids, pdu)
+                       SELECT 1, 0, room_nid, '$acl-of-the-test', 'm.room.server_acl', '',
+                              '@_matrix:module.test', '{}', '{}',
+                              '{"content":{"allow":["*"],"deny":["other.test"]}}' FROM r
+                       RETURNING nid, room_nid)
+            INSERT INTO matrix.room_state (room_nid, type, state_key, event_nid)
+            SELECT room_nid, 'm.room.server_acl', '', nid FROM e});
+$t->send_txn([], edus => [typing_edu($OSCAR, $TRUE)], as => 'other.test');
+$t->send_txn([], edus => [typing_edu($CAROL, $TRUE)]);
+is eventually(sprintf($TYPING, $CAROL), 'typing'), 'typing', '(carol\'s notice after it arrived)';
+sleep 0.5;     # two batches: the first one's request may be the later
+is $pg->psql(sprintf($TYPING, $OSCAR)), 'stopped', 'a server the ACL denies: its notice did not';
+$pg->psql(q{DELETE FROM matrix.room_state WHERE type = 'm.room.server_acl';
+            DELETE FROM matrix.events WHERE event_id = '$acl-of-the-test'});
+$t->send_txn([], edus => [typing_edu($OSCAR, $TRUE)], as => 'other.test');
+is eventually(sprintf($TYPING, $OSCAR), 'typing'), 'typing', 'without the ACL, it does';
 
 # malformed EDUs, with a message: the transaction and the message go through
 my ($m3, $id3) = carol(content => { msgtype => 'm.text', body => 'after junk' });
