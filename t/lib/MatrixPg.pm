@@ -190,13 +190,25 @@ sub conninfo {
 sub psql {
     my ($self, $sql, %o) = @_;
 
-    # as ourselves: the socket is open to all, authentication is trust
-    my ($out, $err) = ('', '');
-    my $ok = run ['psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-                  '-h', $self->{dir}, '-U', 'postgres',
-                  '-d', $o{db} // 'matrix'],
-                 '<', \$sql, '>', \$out, '2>', \$err,
+    # as ourselves: the socket is open to all, authentication is trust.
+    # A script longer than a pipe holds is given as a file: psql stops at
+    # its first error (ON_ERROR_STOP), and the rest, left in the pipe,
+    # would be a broken pipe of ours
+    my ($out, $err, $file) = ('', '');
+    my @cmd = ('psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+               '-h', $self->{dir}, '-U', 'postgres', '-d', $o{db} // 'matrix');
+    my $in = \$sql;
+    if (length $sql > 32768) {
+        $file = "$self->{dir}/script-$$.sql";
+        open my $fh, '>:raw', $file or die "$file: $!";
+        print $fh $sql;
+        close $fh;
+        push @cmd, '-f', $file;
+        $in = \'';
+    }
+    my $ok = run \@cmd, '<', $in, '>', \$out, '2>', \$err,
                  timeout($o{timeout} // 120);
+    unlink $file if $file;
 
     die "psql: $err" unless $ok || $o{may_fail};
     chomp $out;
