@@ -17,6 +17,7 @@
 
 
 #include "ngx_http_matrix_router.h"
+#include "ngx_http_matrix_feed.h"
 #include "ngx_http_matrix_remote_keys.h"
 
 #include <mx_xmatrix.h>
@@ -228,6 +229,9 @@ ngx_http_matrix_federation_verify(ngx_http_request_t *r,
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "matrix federation: request from \"%V\"", &ctx->origin);
+
+    /* it is up: a transaction to it in back-off need not wait any more */
+    ngx_http_matrix_sender_heard(&ctx->origin);
 
     return ctx->route->handler(r, ctx);
 }

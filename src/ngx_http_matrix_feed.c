@@ -23,7 +23,10 @@
  *   delete  (or deleted_at set): an m.room.redaction, kept whole, and
  *           the message's events marked redacted
  *
- * A change whose events cannot be made (bad data) is dropped, logged.
+ * A change whose transaction fails is rolled back and tried again later
+ * (sql/008_feed.sql), the other rooms' changes going on meanwhile; one
+ * that cannot make events at all, or fails 10 times, is given up on and
+ * left in the table for the operator, logged.
  */
 
 
@@ -37,6 +40,8 @@
 
 #define NGX_HTTP_MATRIX_FEED_PERIOD  3000
 #define NGX_HTTP_MATRIX_FEED_ROWS    64      /* per pass, then a yield */
+#define NGX_HTTP_MATRIX_FEED_HOUSEKEEPING  600000
+#define NGX_HTTP_MATRIX_FEED_TXN_KEEP      86400000
 
 
 typedef struct {
@@ -49,6 +54,7 @@ typedef struct {
     ngx_http_matrix_ctx_t           ctx;           /* mscf, for room ops */
     ngx_str_t                       seq;
     ngx_uint_t                      rows;
+    ngx_msec_t                      pruned;        /* housekeeping, last */
     unsigned                        busy:1;
     unsigned                        again:1;
     unsigned                        more:1;
@@ -61,6 +67,7 @@ typedef struct {
     const char                     *original_nid;  /* its content kept */
     char                           *original_content;
     const char                     *redact;        /* silo message ID */
+    char                            why[MX_ERR_LEN];  /* NGX_DECLINED */
 } ngx_http_matrix_feed_make_t;
 
 
@@ -79,6 +86,11 @@ static ngx_int_t ngx_http_matrix_feed_run(ngx_http_matrix_feed_t *f,
     ngx_http_matrix_pg_handler_pt then);
 static void ngx_http_matrix_feed_end(ngx_http_matrix_feed_t *f,
     ngx_uint_t more);
+static void ngx_http_matrix_feed_fail(ngx_http_matrix_feed_t *f,
+    const char *error);
+static void ngx_http_matrix_feed_recorded(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_feed_housekeeping(ngx_http_matrix_feed_t *f);
+static void ngx_http_matrix_feed_pruned(ngx_http_matrix_pg_query_t *q);
 static ngx_int_t ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
     ngx_http_matrix_room_op_t *op, json_t *doc,
     ngx_http_matrix_feed_make_t *mk);
@@ -91,6 +103,8 @@ static ngx_int_t ngx_http_matrix_feed_edit(ngx_http_matrix_room_op_t *op,
 static ngx_int_t ngx_http_matrix_feed_redact(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *h, ngx_http_matrix_feed_make_t *mk,
     json_t *doc);
+static ngx_int_t ngx_http_matrix_feed_declined(
+    ngx_http_matrix_feed_make_t *mk, const char *why);
 static char *ngx_http_matrix_feed_original(ngx_http_matrix_room_op_t *op,
     json_t *original, json_t *old);
 
@@ -104,6 +118,13 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_commit =
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_next =
     ngx_http_matrix_pg_stmt("SELECT matrix_feed_next($1)", 1);
 
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_failed =
+    ngx_http_matrix_pg_stmt("SELECT matrix_feed_failed($1, $2, $3)", 3);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_prune =
+    ngx_http_matrix_pg_stmt(
+        "DELETE FROM received_transactions WHERE received_ts < $1", 1);
+
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_apply =
     ngx_http_matrix_pg_stmt(
         "SELECT matrix_feed_apply($1, $2, $3, $4, $5, $6, $7)", 7);
@@ -116,10 +137,17 @@ static ngx_http_matrix_feed_t  *ngx_http_matrix_feed;
 ngx_http_matrix_srv_conf_t *
 ngx_http_matrix_background_srv_conf(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                   i;
-    ngx_http_core_srv_conf_t   **cscfp;
-    ngx_http_core_main_conf_t   *cmcf;
-    ngx_http_matrix_srv_conf_t  *mscf;
+    ngx_uint_t                    i;
+    ngx_http_core_srv_conf_t    **cscfp;
+    ngx_http_core_main_conf_t    *cmcf;
+    ngx_http_matrix_srv_conf_t   *mscf;
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->federation) {
+        return NULL;
+    }
 
     cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module);
     if (cmcf == NULL) {
@@ -151,16 +179,12 @@ ngx_http_matrix_feed_init_process(ngx_cycle_t *cycle)
     ngx_http_matrix_srv_conf_t   *mscf;
     ngx_http_matrix_main_conf_t  *mmcf;
 
-    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
-
-    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->federation) {
-        return NGX_OK;
-    }
-
     mscf = ngx_http_matrix_background_srv_conf(cycle);
     if (mscf == NULL) {
         return NGX_OK;
     }
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
 
     f = ngx_pcalloc(cycle->pool, sizeof(ngx_http_matrix_feed_t));
     if (f == NULL) {
@@ -223,6 +247,7 @@ ngx_http_matrix_feed_tick(ngx_event_t *ev)
 
     if (!f->more) {
         f->rows = 0;
+        ngx_http_matrix_feed_housekeeping(f);
     }
 
     pg = ngx_http_matrix_pg_of_cycle();
@@ -366,13 +391,36 @@ ngx_http_matrix_feed_claimed(ngx_http_matrix_pg_query_t *q)
 
     rc = ngx_http_matrix_feed_make(f, op, doc, &mk);
 
-    if (rc != NGX_OK) {
+    if (rc == NGX_ERROR) {
+        json_decref(doc);
+        json_decref(mk.chain.records);
+        free(mk.original_content);
+        ngx_http_matrix_feed_fail(f, "its events could not be made");
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, f->log, 0,
                       "matrix feed: change %V of room \"%V\" makes no "
-                      "event: dropped", &f->seq, &room_id);
-        json_array_clear(mk.chain.records);
-        mk.original_nid = NULL;
-        mk.redact = NULL;
+                      "event, given up on: %s", &f->seq, &room_id, mk.why);
+
+        values[0] = f->seq;
+        values[1].data = (u_char *) mk.why;
+        values[1].len = ngx_strlen(mk.why);
+        ngx_str_set(&values[2], "t");
+
+        rc = ngx_http_matrix_feed_run(f, &ngx_http_matrix_feed_failed,
+                                      values, 3, ngx_http_matrix_feed_applied);
+
+        json_decref(doc);
+        json_decref(mk.chain.records);
+        free(mk.original_content);
+
+        if (rc != NGX_OK) {
+            ngx_http_matrix_feed_end(f, 0);
+        }
+
+        return;
     }
 
     text = json_dumps(mk.chain.records, JSON_COMPACT);
@@ -481,6 +529,7 @@ ngx_http_matrix_feed_run(ngx_http_matrix_feed_t *f,
 static void
 ngx_http_matrix_feed_step(ngx_http_matrix_pg_query_t *q)
 {
+    const char              *why;
     ngx_http_matrix_feed_t  *f = q->data;
 
     if (q->status != NGX_HTTP_MATRIX_PG_OK) {
@@ -488,7 +537,22 @@ ngx_http_matrix_feed_step(ngx_http_matrix_pg_query_t *q)
                       "matrix feed: change %V: %s%s%V", &f->seq,
                       ngx_http_matrix_pg_status_text(q->status),
                       q->error.len ? ": " : "", &q->error);
-        ngx_http_matrix_feed_end(f, 0);
+
+        if (q->status == NGX_HTTP_MATRIX_PG_UNAVAILABLE
+            || q->status == NGX_HTTP_MATRIX_PG_LOST)
+        {
+            /* the database, not the change */
+            ngx_http_matrix_feed_end(f, 0);
+            return;
+        }
+
+        why = q->result ? PQresultErrorField(q->result,
+                                             PG_DIAG_MESSAGE_PRIMARY)
+                        : NULL;
+
+        ngx_http_matrix_feed_fail(f, why ? why
+                                     : ngx_http_matrix_pg_status_text(
+                                           q->status));
         return;
     }
 
@@ -545,7 +609,192 @@ ngx_http_matrix_feed_end(ngx_http_matrix_feed_t *f, ngx_uint_t more)
 }
 
 
-/* the events of a change, in mk->chain.records */
+/*
+ * The change's transaction failed: rolled back (the lease's release),
+ * then the change's attempt counted on another connection, so that it
+ * waits (matrix_feed_failed(): 1 s doubling to 5 min, given up on
+ * after 10) and the other rooms' changes go on meanwhile.
+ */
+
+static void
+ngx_http_matrix_feed_fail(ngx_http_matrix_feed_t *f, const char *error)
+{
+    ngx_str_t                    values[3];
+    ngx_pool_t                  *pool;
+    ngx_http_matrix_pg_t        *pg;
+    ngx_http_matrix_pg_query_t  *q;
+
+    if (f->seq.len == 0) {
+        ngx_http_matrix_feed_end(f, 0);
+        return;
+    }
+
+    pg = ngx_http_matrix_pg_of_cycle();
+
+    pool = ngx_create_pool(1024, f->log);
+    if (pool == NULL || pg == NULL) {
+        goto failed;
+    }
+
+    q = ngx_http_matrix_pg_query_create(pg, pool, f->log);
+    if (q == NULL) {
+        goto failed;
+    }
+
+    values[0] = f->seq;
+    values[1].data = (u_char *) error;
+    values[1].len = ngx_strlen(error);
+    ngx_str_set(&values[2], "f");
+
+    q->stmt = &ngx_http_matrix_feed_failed;
+    q->nparams = 3;
+    q->handler = ngx_http_matrix_feed_recorded;
+    q->data = f;
+
+    /* the parameters are copied, before the pool of f->seq goes */
+    if (ngx_http_matrix_pg_param(q, 0, &values[0]) != NGX_OK
+        || ngx_http_matrix_pg_param(q, 1, &values[1]) != NGX_OK
+        || ngx_http_matrix_pg_param(q, 2, &values[2]) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    ngx_http_matrix_feed_end(f, 0);
+
+    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
+        ngx_destroy_pool(pool);
+    }
+
+    return;
+
+failed:
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+
+    ngx_http_matrix_feed_end(f, 0);
+}
+
+
+static void
+ngx_http_matrix_feed_recorded(ngx_http_matrix_pg_query_t *q)
+{
+    PGresult                *res;
+    ngx_pool_t              *pool;
+    ngx_http_matrix_feed_t  *f;
+
+    f = q->data;
+    res = q->result;
+    pool = q->pool;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_log_error(NGX_LOG_WARN, f->log, 0,
+                      "matrix feed: a failed change's attempt not "
+                      "counted: %s", ngx_http_matrix_pg_status_text(q->status));
+
+    } else {
+        if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't') {
+            ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                          "matrix feed: a change failed 10 times, given up "
+                          "on (matrix.silo_changes, failed_at)");
+        }
+
+        /* the others go on at once */
+        ngx_http_matrix_feed_notify(f, NULL, NULL);
+    }
+
+    ngx_destroy_pool(pool);
+}
+
+
+/*
+ * Received transactions are kept for a day: a peer retries one within
+ * minutes, and an answer kept longer serves no one.
+ */
+
+static void
+ngx_http_matrix_feed_housekeeping(ngx_http_matrix_feed_t *f)
+{
+    ngx_str_t                    value;
+    ngx_pool_t                  *pool;
+    ngx_http_matrix_pg_t        *pg;
+    ngx_http_matrix_pg_query_t  *q;
+    u_char                       buf[NGX_INT64_LEN];
+
+    if (f->pruned
+        && ngx_current_msec - f->pruned < NGX_HTTP_MATRIX_FEED_HOUSEKEEPING)
+    {
+        return;
+    }
+
+    f->pruned = ngx_current_msec ? ngx_current_msec : 1;
+
+    pg = ngx_http_matrix_pg_of_cycle();
+    if (pg == NULL) {
+        return;
+    }
+
+    pool = ngx_create_pool(1024, f->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    q = ngx_http_matrix_pg_query_create(pg, pool, f->log);
+    if (q == NULL) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    value.data = buf;
+    value.len = ngx_sprintf(buf, "%L", ngx_http_matrix_now_ms()
+                                       - NGX_HTTP_MATRIX_FEED_TXN_KEEP)
+                - buf;
+
+    q->stmt = &ngx_http_matrix_feed_prune;
+    q->nparams = 1;
+    q->handler = ngx_http_matrix_feed_pruned;
+    q->data = f;
+
+    if (ngx_http_matrix_pg_param(q, 0, &value) != NGX_OK
+        || ngx_http_matrix_pg_run(q) != NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static void
+ngx_http_matrix_feed_pruned(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_http_matrix_feed_t  *f = q->data;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_log_error(NGX_LOG_WARN, f->log, 0,
+                      "matrix feed: received transactions not pruned: %s%s%V",
+                      ngx_http_matrix_pg_status_text(q->status),
+                      q->error.len ? ": " : "", &q->error);
+    }
+
+    ngx_destroy_pool(q->pool);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_feed_declined(ngx_http_matrix_feed_make_t *mk,
+    const char *why)
+{
+    ngx_cpystrn((u_char *) mk->why, (u_char *) why, MX_ERR_LEN);
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * The events of a change, in mk->chain.records: NGX_DECLINED when the
+ * change cannot make any (mk->why), NGX_ERROR when they could not be made
+ * now (memory, signing).
+ */
 
 static ngx_int_t
 ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
@@ -568,12 +817,12 @@ ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
     original = json_object_get(doc, "original");
 
     if (version == NULL || kind == NULL || op->room_id.len == 0) {
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk, "no room");
     }
 
     op->version = mx_room_version_find(version, ngx_strlen(version));
     if (op->version == NULL || !op->version->supported) {
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk, "room version not supported");
     }
 
     h = ngx_http_matrix_room_head_parse(op, json_object_get(doc, "head"));
@@ -625,7 +874,8 @@ ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
     ts = json_integer_value(json_object_get(msg, "ts"));
 
     if (id == NULL || user_id == NULL) {
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk,
+                   "its author is not in the users view");
     }
 
     if (ngx_http_matrix_feed_author(op, h, mk, msg, user_id, ts, member)
@@ -643,10 +893,7 @@ ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
                   json_string_value(json_object_get(msg, "html")),
                   reply, thread, &err);
     if (content == NULL) {
-        ngx_log_error(NGX_LOG_WARN, f->log, 0,
-                      "matrix feed: silo message \"%s\" left out: %s", id,
-                      err.msg);
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk, err.msg);
     }
 
     auth[0] = h->create->event_id;
@@ -655,7 +902,8 @@ ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
 
     if (auth[1] == NULL) {
         json_decref(content);
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk,
+                   "the room has no power levels");
     }
 
     return ngx_http_matrix_room_chain_event(op, &mk->chain, "m.room.message",
@@ -756,7 +1004,8 @@ ngx_http_matrix_feed_edit(ngx_http_matrix_room_op_t *op,
     orig_id = json_string_value(json_object_get(original, "event_id"));
 
     if (body == NULL || sender == NULL || orig_id == NULL) {
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk,
+                   "the edit has no text or no original");
     }
 
     if (json_equal(json_object_get(old, "body"), json_object_get(msg, "body"))
@@ -785,7 +1034,7 @@ ngx_http_matrix_feed_edit(ngx_http_matrix_room_op_t *op,
     fresh = mx_silo_message_content(MX_RECIPE_TEXT, body, html, NULL, NULL,
                                     &err);
     if (fresh == NULL) {
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk, err.msg);
     }
 
     /* the fallback for clients without edits: "* " and the new text */
@@ -955,7 +1204,8 @@ ngx_http_matrix_feed_redact(ngx_http_matrix_room_op_t *op,
     sender = json_string_value(json_object_get(original, "sender"));
 
     if (target == NULL || sender == NULL || h->power_levels == NULL) {
-        return NGX_ERROR;
+        return ngx_http_matrix_feed_declined(mk,
+                   "the deleted message's event is unknown");
     }
 
     /* its author, if still joined, else this server's user */

@@ -847,7 +847,8 @@ ngx_http_matrix_init_process(ngx_cycle_t *cycle)
     }
 
     if (ngx_http_matrix_feed_init_process(cycle) != NGX_OK
-        || ngx_http_matrix_sender_init_process(cycle) != NGX_OK)
+        || ngx_http_matrix_sender_init_process(cycle) != NGX_OK
+        || ngx_http_matrix_ephemeral_init_process(cycle) != NGX_OK)
     {
         return NGX_ERROR;
     }

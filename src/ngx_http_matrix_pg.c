@@ -1606,6 +1606,10 @@ ngx_http_matrix_pg_lost(ngx_http_matrix_pg_conn_t *pc, const char *why)
                                         ? NGX_HTTP_MATRIX_PG_UNAVAILABLE
                                         : NGX_HTTP_MATRIX_PG_LOST,
                                      why);
+
+        } else if (q->leased && q->watch) {
+            /* what the session held (a lock, say) went with it */
+            ngx_http_matrix_pg_reply_later(q, NGX_HTTP_MATRIX_PG_LOST, why);
         }
     }
 
@@ -2358,6 +2362,13 @@ ngx_http_matrix_pg_release(ngx_http_matrix_pg_query_t *q)
     }
 
     ngx_http_matrix_pg_put(pc);
+}
+
+
+ngx_uint_t
+ngx_http_matrix_pg_max(ngx_http_matrix_pg_t *pg)
+{
+    return pg->max;
 }
 
 

@@ -8,9 +8,11 @@
  * connection and gives it back when done; a query that acquires a lease
  * keeps its connection across statements (a transaction) until it
  * releases it.  Should that connection die, every later statement on the
- * lease fails (never quietly runs elsewhere) until the lease is released.  A query is created on a pool (a request's, say): when
- * that pool goes, the query is abandoned and any lease it held returned,
- * rolled back first if a transaction was left open.
+ * lease fails (never quietly runs elsewhere) until the lease is released;
+ * a lease set to watch is told at once.  A query is created on a pool (a
+ * request's, say): when that pool goes, the query is abandoned and any
+ * lease it held returned, rolled back first if a transaction was left
+ * open.
  */
 
 #ifndef _NGX_HTTP_MATRIX_PG_H_INCLUDED_
@@ -101,6 +103,14 @@ struct ngx_http_matrix_pg_query_s {
     unsigned                        internal:1;   /* may use the pool before
                                                      the schema is ready */
     unsigned                        abandoned:1;
+
+    /*
+     * Public, set before acquire(): a lease whose connection dies between
+     * statements is told so at once (its handler, status LOST), not only
+     * at its next statement; for a session that holds something, such as
+     * an advisory lock.
+     */
+    unsigned                        watch:1;
 };
 
 
@@ -135,6 +145,8 @@ ngx_int_t ngx_http_matrix_pg_listen(ngx_http_matrix_pg_t *pg,
     const char *channel, ngx_http_matrix_pg_notify_pt handler, void *data);
 
 ngx_uint_t ngx_http_matrix_pg_in_transaction(ngx_http_matrix_pg_query_t *q);
+/* "max=": a lease kept for good takes one of these */
+ngx_uint_t ngx_http_matrix_pg_max(ngx_http_matrix_pg_t *pg);
 const char *ngx_http_matrix_pg_status_text(ngx_http_matrix_pg_status_e s);
 
 /* 503 (or 504 for a timeout) with a Matrix error, for request handlers */

@@ -1442,38 +1442,25 @@ ngx_http_matrix_room_head_parse(ngx_http_matrix_room_op_t *op, json_t *doc)
     for (i = 0; i < json_array_size(state); i++) {
         v = json_array_get(state, i);
 
-        if (h->nstate == NGX_HTTP_MATRIX_HEAD_MAX
-            || mx_event_parse(json_string_value(v), json_string_length(v),
-                              op->version, &ev, &err)
-               != MX_OK)
+        if (mx_event_parse(json_string_value(v), json_string_length(v),
+                           op->version, &ev, &err)
+            != MX_OK)
         {
             ngx_log_error(NGX_LOG_ERR, op->log, 0,
                           "matrix room \"%V\": a state event of ours "
-                          "cannot be read: %s", &op->room_id,
-                          h->nstate == NGX_HTTP_MATRIX_HEAD_MAX
-                          ? "too many" : err.msg);
-                return NULL;
+                          "cannot be read: %s", &op->room_id, err.msg);
+            return NULL;
         }
 
-        h->state[h->nstate++] = ev;
-
-        if (ngx_strcmp(ev->type, "m.room.create") == 0) {
-            h->create = ev;
-
-        } else if (ngx_strcmp(ev->type, "m.room.power_levels") == 0) {
-            h->power_levels = ev;
-
-        } else if (ngx_strcmp(ev->type, "m.room.join_rules") == 0) {
-            h->join_rules = ev;
-
-        } else if (ngx_strcmp(ev->type, "m.room.server_acl") == 0) {
-            h->server_acl = ev;
-
-        } else if (ngx_strcmp(ev->type, "m.room.history_visibility") == 0) {
-            h->history_visibility = ev;
+        if (ngx_http_matrix_keep_event(op->pool, ev) != NGX_OK
+            || ngx_http_matrix_room_head_set(h, ev) != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, op->log, 0,
+                          "matrix room \"%V\": too many state events",
+                          &op->room_id);
+            return NULL;
         }
     }
-
 
     if (h->create == NULL || !json_is_array(h->prev_events)) {
         ngx_log_error(NGX_LOG_ERR, op->log, 0,
@@ -1482,6 +1469,53 @@ ngx_http_matrix_room_head_parse(ngx_http_matrix_room_op_t *op, json_t *doc)
     }
 
     return h;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_head_set(ngx_http_matrix_room_head_t *h, mx_event_t *ev)
+{
+    size_t  i;
+
+    if (ev->state_key == NULL) {
+        return NGX_OK;
+    }
+
+    for (i = 0; i < h->nstate; i++) {
+        if (ngx_strcmp(h->state[i]->type, ev->type) == 0
+            && ngx_strcmp(h->state[i]->state_key, ev->state_key) == 0)
+        {
+            break;
+        }
+    }
+
+    if (i == NGX_HTTP_MATRIX_HEAD_MAX) {
+        return NGX_ERROR;
+    }
+
+    h->state[i] = ev;
+
+    if (i == h->nstate) {
+        h->nstate++;
+    }
+
+    if (ngx_strcmp(ev->type, "m.room.create") == 0) {
+        h->create = ev;
+
+    } else if (ngx_strcmp(ev->type, "m.room.power_levels") == 0) {
+        h->power_levels = ev;
+
+    } else if (ngx_strcmp(ev->type, "m.room.join_rules") == 0) {
+        h->join_rules = ev;
+
+    } else if (ngx_strcmp(ev->type, "m.room.server_acl") == 0) {
+        h->server_acl = ev;
+
+    } else if (ngx_strcmp(ev->type, "m.room.history_visibility") == 0) {
+        h->history_visibility = ev;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1513,13 +1547,7 @@ ngx_http_matrix_room_head_cleanup(void *data)
 {
     ngx_http_matrix_room_head_t  *h = data;
 
-    size_t  i;
-
     json_decref(h->prev_events);
-
-    for (i = 0; i < h->nstate; i++) {
-        mx_event_free(h->state[i]);
-    }
 }
 
 

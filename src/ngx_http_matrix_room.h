@@ -28,7 +28,10 @@
 
 typedef struct ngx_http_matrix_room_op_s  ngx_http_matrix_room_op_t;
 
-#define NGX_HTTP_MATRIX_HEAD_MAX  16
+/* state events of a head: five of the room's, and the members asked
+   about: a received transaction's senders and targets, two for each of
+   its 50 PDUs and 30 events of gaps */
+#define NGX_HTTP_MATRIX_HEAD_MAX  168
 
 
 /* what a new event of the room needs (matrix_room_head()) */
@@ -139,6 +142,13 @@ ngx_http_matrix_room_head_t *ngx_http_matrix_room_head_get(
 /* the same, of a matrix_room_head() document (borrowed) */
 ngx_http_matrix_room_head_t *ngx_http_matrix_room_head_parse(
     ngx_http_matrix_room_op_t *op, json_t *doc);
+
+/*
+ * ev (an event kept with the op's pool) put in the head's state, in the
+ * place of the event of its type and state key; NGX_ERROR: no room.
+ */
+ngx_int_t ngx_http_matrix_room_head_set(ngx_http_matrix_room_head_t *h,
+    mx_event_t *ev);
 
 /* a user's member event in the head, or NULL */
 mx_event_t *ngx_http_matrix_room_head_member(ngx_http_matrix_room_head_t *h,

@@ -1,22 +1,32 @@
 /*
  * Transactions out (server-server-api.md, "Transactions"): the events
  * this server makes, delivered to every other server with a user joined
- * in their room, from the durable queue of sql/004_outbound.sql.
+ * in their room, from the queue of sql/004_outbound.sql and
+ * sql/005_fanout.sql.
  *
- * Each worker looks every few seconds, at once when it has just made
- * events, and when another worker or node says it has
- * (NOTIFY matrix_federation_out).  A pass leases the destinations that
- * are due and owed something (matrix_federation_claim(): SKIP LOCKED,
- * then lease_until, so that no two senders, in any worker or node, ever
- * have one destination's transaction in flight), each with its next
- * transaction: at most 50 PDUs in order, the newest 50 of each room at
- * most (after an outage the receiver backfills the rest), and a txnId
- * made of the destination's cursor and the transaction's end, both kept
- * until it is answered, so that a retry is the same transaction.  The
- * destinations are sent to side by side: PUT
- * /_matrix/federation/v1/send/{txnId}, signed.  200 moves the cursor
- * past the transaction and ends any back-off; anything else (no answer
- * included) retries the same transaction after 5 s, doubling to 1 h.
+ * One worker of the whole cluster sends: the one holding the session
+ * advisory lock (28025, 2) on a connection it leases for as long as it
+ * can (the others try again every few seconds; a worker killed, a
+ * reload or a Postgres restart ends the session, so the lock, and
+ * another worker takes over from what is persisted).  That owner keeps
+ * each destination's state in memory: its cursor (the last outbox seq
+ * it has acknowledged), its transaction in flight or to retry (txnId
+ * unique to the owner's epoch, kept with its events until answered),
+ * its failures and retry time.  So sending a message to a thousand
+ * servers writes nothing per server: the owner reads who is owed the
+ * new outbox rows (the rooms' joined servers), then their transactions
+ * (at most 50 PDUs in order, the newest 50 of each room at most: after
+ * an outage the receiver backfills the rest), and sends them side by
+ * side: PUT /_matrix/federation/v1/send/{txnId}, signed.  What is
+ * persisted, lazily: a floor every destination without a row is past
+ * (at most once a second), and a row for a destination only when a
+ * transaction to it fails (bounded by its back-off: 5 s doubling to
+ * 1 h) and when it answers again.  A new owner resends from the floor;
+ * receivers drop PDUs they already have by event ID.  One failing for
+ * a day is given up on: it no longer holds the outbox, and is sent its
+ * rooms' latest events when it answers.  A request from a server in
+ * back-off ends the back-off (ngx_http_matrix_sender_heard(): NOTIFY
+ * matrix_federation_back, for whichever worker owns it).
  * The PDUs are rebuilt from the events' rows, as for backfill.
  */
 
@@ -30,50 +40,135 @@
 
 
 #define NGX_HTTP_MATRIX_SENDER_PERIOD     5000
-#define NGX_HTTP_MATRIX_SENDER_DESTS      16       /* per pass */
+#define NGX_HTTP_MATRIX_SENDER_STANDBY    3000     /* tries for the lock */
+#define NGX_HTTP_MATRIX_SENDER_DESTS      32       /* in flight */
 #define NGX_HTTP_MATRIX_SENDER_PDUS       50       /* per transaction */
+#define NGX_HTTP_MATRIX_SENDER_EDUS       100
 #define NGX_HTTP_MATRIX_SENDER_PER_ROOM   50
-#define NGX_HTTP_MATRIX_SENDER_LEASE      300000
+#define NGX_HTTP_MATRIX_SENDER_SCAN       1000     /* outbox rows a pass */
+#define NGX_HTTP_MATRIX_SENDER_FLOOR      1000     /* ms between writes */
 #define NGX_HTTP_MATRIX_SENDER_BACKOFF    5000
 #define NGX_HTTP_MATRIX_SENDER_BACKOFF_MAX  3600000
+#define NGX_HTTP_MATRIX_SENDER_GIVE_UP    86400000
+#define NGX_HTTP_MATRIX_SENDER_HEARD      5000     /* ms per server */
+#define NGX_HTTP_MATRIX_SENDER_HEARD_SLOTS  64
+
+
+typedef enum {
+    NGX_HTTP_MATRIX_SENDER_IDLE = 0,
+    NGX_HTTP_MATRIX_SENDER_ACQUIRE,
+    NGX_HTTP_MATRIX_SENDER_LOCK,
+    NGX_HTTP_MATRIX_SENDER_START,
+    NGX_HTTP_MATRIX_SENDER_SCANNING,
+    NGX_HTTP_MATRIX_SENDER_TXNS,
+    NGX_HTTP_MATRIX_SENDER_FLOORING
+} ngx_http_matrix_sender_step_e;
+
+
+typedef struct ngx_http_matrix_sender_job_s  ngx_http_matrix_sender_job_t;
+
+
+/* a destination, as its owner knows it */
+typedef struct {
+    ngx_str_node_t                  sn;            /* by server name */
+    ngx_queue_t                     queue;
+    int64_t                         cursor;
+    int64_t                         retry_at;      /* ms */
+    ngx_uint_t                      failures;
+    ngx_http_matrix_sender_job_t   *job;
+
+    /* the transaction to send (txn_id.len: there is one) */
+    ngx_str_t                       txn_id;
+    u_char                          txn_buf[NGX_INT64_LEN * 2 + 2];
+    int64_t                         upto;
+    ngx_str_t                       nids;          /* "{1,2,3}", ngx_alloc */
+    json_t                         *txn_edus;
+
+    json_t                         *edus;          /* for the next one */
+
+    unsigned                        owed:1;        /* may have events */
+    unsigned                        row:1;         /* it has a row */
+    unsigned                        given_up:1;
+} ngx_http_matrix_sender_dest_t;
 
 
 typedef struct {
     ngx_event_t                     timer;
     ngx_log_t                      *log;
-    ngx_pool_t                     *pool;          /* of the claim */
-    ngx_http_matrix_pg_query_t     *q;
     ngx_http_matrix_srv_conf_t     *mscf;
-    ngx_uint_t                      jobs;          /* destinations in
-                                                      flight */
-    ngx_uint_t                      limit;         /* of the claim */
-    unsigned                        busy:1;        /* claiming */
+
+    /* the owner's epoch: the lease holding the lock, and the state */
+    ngx_pool_t                     *pool;
+    ngx_http_matrix_pg_query_t     *lq;
+
+    /* a pass */
+    ngx_pool_t                     *ppool;
+    ngx_http_matrix_pg_query_t     *pq;
+    ngx_rbtree_t                    tree;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     dests;
+    ngx_queue_t                     jobs;
+    ngx_uint_t                      njobs;
+    int64_t                         hwm;           /* outbox scanned to */
+    int64_t                         floor;         /* persisted */
+    int64_t                         floor_new;
+    int64_t                         txns_upto;
+    ngx_msec_t                      floor_at;
+    int64_t                         epoch;
+    ngx_uint_t                      ntxn;
+    ngx_uint_t                      nbatch;
+    ngx_http_matrix_sender_dest_t  *batch[NGX_HTTP_MATRIX_SENDER_DESTS];
+
+    ngx_http_matrix_sender_step_e   step;
+    unsigned                        owner:1;
+    unsigned                        busy:1;        /* a pass */
     unsigned                        again:1;
+    unsigned                        floor_due:1;
 } ngx_http_matrix_sender_t;
 
 
 /* one destination's transaction */
-typedef struct {
+struct ngx_http_matrix_sender_job_s {
     ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_dest_t  *d;
+    ngx_queue_t                     queue;
     ngx_pool_t                     *pool;
     ngx_http_matrix_pg_query_t     *q;
     ngx_str_t                       server;
     ngx_str_t                       txn_id;
-    ngx_str_t                       upto;
-    ngx_str_t                       nids;          /* "{1,2,3}" */
     ngx_str_t                       body;
     ngx_str_t                       why;
     ngx_uint_t                      npdus;
+    ngx_uint_t                      nedus;
+    unsigned                        sent:1;
     u_char                          whybuf[200];
-} ngx_http_matrix_sender_job_t;
+};
 
 
 static void ngx_http_matrix_sender_tick(ngx_event_t *ev);
 static void ngx_http_matrix_sender_notify(void *data, const char *channel,
     const char *payload);
-static void ngx_http_matrix_sender_claimed(ngx_http_matrix_pg_query_t *q);
+static void ngx_http_matrix_sender_back(void *data, const char *channel,
+    const char *payload);
+static void ngx_http_matrix_sender_lease(ngx_http_matrix_pg_query_t *q);
+static ngx_int_t ngx_http_matrix_sender_started(ngx_http_matrix_sender_t *s);
+static ngx_int_t ngx_http_matrix_sender_scan(ngx_http_matrix_sender_t *s);
+static ngx_int_t ngx_http_matrix_sender_scanned(ngx_http_matrix_sender_t *s);
+static ngx_int_t ngx_http_matrix_sender_txns(ngx_http_matrix_sender_t *s);
+static void ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s);
+static void ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_sender_dest_t *d);
+static ngx_int_t ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s);
+static void ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q);
+static ngx_int_t ngx_http_matrix_sender_run(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_pg_query_t *q, ngx_http_matrix_sender_step_e step,
+    ngx_http_matrix_pg_stmt_t *stmt, ngx_uint_t n, ngx_str_t *values);
+static void ngx_http_matrix_sender_step_down(ngx_http_matrix_sender_t *s);
+static ngx_http_matrix_sender_dest_t *ngx_http_matrix_sender_dest(
+    ngx_http_matrix_sender_t *s, u_char *name, size_t len, ngx_uint_t create);
+static void ngx_http_matrix_sender_drop_txn(ngx_http_matrix_sender_dest_t *d);
 static ngx_int_t ngx_http_matrix_sender_job(ngx_http_matrix_sender_t *s,
-    PGresult *res, int row);
+    ngx_http_matrix_sender_dest_t *d);
 static void ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_sender_resolved(ngx_http_matrix_dest_t *dest);
 static void ngx_http_matrix_sender_answered(ngx_http_matrix_http_req_t *hr);
@@ -82,12 +177,29 @@ static void ngx_http_matrix_sender_settle(ngx_http_matrix_sender_job_t *j,
 static void ngx_http_matrix_sender_settled(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_sender_job_end(ngx_http_matrix_sender_job_t *j);
 static void ngx_http_matrix_sender_pass_end(ngx_http_matrix_sender_t *s);
+static void ngx_http_matrix_sender_heard_done(ngx_http_matrix_pg_query_t *q);
 
 
-static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_claim =
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_lock_stmt =
+    ngx_http_matrix_pg_stmt("SELECT pg_try_advisory_lock(28025, 2)", 0);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_start_stmt =
     ngx_http_matrix_pg_stmt(
-        "SELECT server_name, txn_id, upto, nids "
-        "FROM matrix_federation_claim($1, $2, $3, $4, $5)", 5);
+        "SELECT NULL, seq, 0, 0, false FROM federation_floor "
+        "UNION ALL SELECT server_name, last_sent, failures, retry_at, "
+        "given_up FROM destinations", 0);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_scan_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT server_name, top FROM matrix_federation_scan($1, $2, $3)", 3);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_txns_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT server_name, n, upto, nids FROM matrix_federation_txns("
+        "$1::text[], $2::bigint[], $3, $4, $5, $6)", 6);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_floor_stmt =
+    ngx_http_matrix_pg_stmt("SELECT matrix_federation_floor($1)", 1);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_parts_stmt =
     ngx_http_matrix_pg_stmt(
@@ -95,16 +207,31 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_parts_stmt =
         "WHERE r.room_id = p.room_id) "
         "FROM matrix_event_parts($1::bigint[]) p", 1);
 
-static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_sent =
-    ngx_http_matrix_pg_stmt("SELECT matrix_federation_sent($1, $2)", 2);
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_recovered =
+    ngx_http_matrix_pg_stmt(
+        "SELECT matrix_federation_recovered($1, $2)", 2);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_failed =
     ngx_http_matrix_pg_stmt(
-        "SELECT matrix_federation_failed($1, $2, $3, $4, $5, $6)", 6);
+        "SELECT matrix_federation_failed($1, $2, $3, $4, $5, $6, $7)", 7);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_heard_stmt =
+    ngx_http_matrix_pg_stmt(
+        "SELECT pg_notify('matrix_federation_back', server_name) "
+        "FROM destinations WHERE server_name = $1", 1);
 
 
 /* per worker */
 static ngx_http_matrix_sender_t  *ngx_http_matrix_sender;
+
+static struct {
+    uint32_t                        hash;
+    ngx_msec_t                      at;
+} ngx_http_matrix_sender_heard_at[NGX_HTTP_MATRIX_SENDER_HEARD_SLOTS];
+
+
+#define ngx_http_matrix_sender_int(buf, v)                                    \
+    (ngx_str_t) { ngx_sprintf(buf, "%L", (int64_t) (v)) - (buf), buf }
 
 
 ngx_int_t
@@ -114,16 +241,22 @@ ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle)
     ngx_http_matrix_srv_conf_t   *mscf;
     ngx_http_matrix_main_conf_t  *mmcf;
 
-    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
-
-    if (mmcf == NULL || mmcf->pg == NULL || !mmcf->federation
-        || mmcf->http == NULL)
-    {
+    mscf = ngx_http_matrix_background_srv_conf(cycle);
+    if (mscf == NULL) {
         return NGX_OK;
     }
 
-    mscf = ngx_http_matrix_background_srv_conf(cycle);
-    if (mscf == NULL) {
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
+
+    if (mmcf->http == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_matrix_pg_max(mmcf->pg) < 2) {
+        /* the lock's connection would be the only one, for good */
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "matrix sender: this worker does not send: it needs "
+                      "\"matrix_postgres\" max=2 or more");
         return NGX_OK;
     }
 
@@ -138,15 +271,20 @@ ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle)
     s->timer.data = s;
     s->timer.log = cycle->log;
     s->timer.cancelable = 1;
+    ngx_queue_init(&s->dests);
+    ngx_queue_init(&s->jobs);
 
     if (ngx_http_matrix_pg_listen(mmcf->pg, "matrix_federation_out",
                                   ngx_http_matrix_sender_notify, s)
-        != NGX_OK)
+        != NGX_OK
+        || ngx_http_matrix_pg_listen(mmcf->pg, "matrix_federation_back",
+                                     ngx_http_matrix_sender_back, s)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    ngx_add_timer(&s->timer, NGX_HTTP_MATRIX_SENDER_PERIOD);
+    ngx_add_timer(&s->timer, 1);
 
     ngx_http_matrix_sender = s;
 
@@ -157,9 +295,24 @@ ngx_http_matrix_sender_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_matrix_sender_kick(void)
 {
-    if (ngx_http_matrix_sender) {
+    if (ngx_http_matrix_sender && ngx_http_matrix_sender->owner) {
         ngx_http_matrix_sender_notify(ngx_http_matrix_sender, NULL, NULL);
     }
+}
+
+
+static void
+ngx_http_matrix_sender_soon(ngx_http_matrix_sender_t *s, ngx_msec_t ms)
+{
+    if (ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    if (s->timer.timer_set) {
+        ngx_del_timer(&s->timer);
+    }
+
+    ngx_add_timer(&s->timer, ms);
 }
 
 
@@ -169,28 +322,122 @@ ngx_http_matrix_sender_notify(void *data, const char *channel,
 {
     ngx_http_matrix_sender_t  *s = data;
 
+    if (!s->owner) {
+        /* the owner hears it too; a standby tries the lock by its clock */
+        return;
+    }
+
     if (s->busy) {
         s->again = 1;
         return;
     }
 
-    if (s->timer.timer_set) {
-        ngx_del_timer(&s->timer);
+    ngx_http_matrix_sender_soon(s, 1);
+}
+
+
+/* the server talks to us: no more waiting for it */
+
+static void
+ngx_http_matrix_sender_back(void *data, const char *channel,
+    const char *payload)
+{
+    ngx_http_matrix_sender_t       *s = data;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    if (!s->owner || payload == NULL) {
+        return;
     }
 
-    ngx_add_timer(&s->timer, 1);
+    d = ngx_http_matrix_sender_dest(s, (u_char *) payload,
+                                    ngx_strlen(payload), 0);
+
+    if (d == NULL || d->retry_at == 0) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, s->log, 0,
+                  "matrix sender: %s talks to us: its back-off ends",
+                  payload);
+
+    d->failures = 0;
+    d->retry_at = 0;
+
+    if (d->given_up) {
+        /* its catch-up */
+        d->owed = 1;
+    }
+
+    ngx_http_matrix_sender_notify(s, NULL, NULL);
+}
+
+
+void
+ngx_http_matrix_sender_heard(ngx_str_t *server)
+{
+    uint32_t                     hash;
+    ngx_uint_t                   slot;
+    ngx_msec_t                   now;
+    ngx_pool_t                  *pool;
+    ngx_http_matrix_pg_t        *pg;
+    ngx_http_matrix_pg_query_t  *q;
+
+    /* most servers are not in back-off: asked once in a while each */
+
+    hash = ngx_crc32_short(server->data, server->len);
+    slot = hash % NGX_HTTP_MATRIX_SENDER_HEARD_SLOTS;
+    now = ngx_current_msec;
+
+    if (ngx_http_matrix_sender_heard_at[slot].hash == hash
+        && now - ngx_http_matrix_sender_heard_at[slot].at
+           < NGX_HTTP_MATRIX_SENDER_HEARD)
+    {
+        return;
+    }
+
+    pg = ngx_http_matrix_pg_of_cycle();
+    if (pg == NULL) {
+        return;
+    }
+
+    ngx_http_matrix_sender_heard_at[slot].hash = hash;
+    ngx_http_matrix_sender_heard_at[slot].at = now;
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    q = ngx_http_matrix_pg_query_create(pg, pool, ngx_cycle->log);
+
+    if (q == NULL || ngx_http_matrix_pg_param(q, 0, server) != NGX_OK) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    q->stmt = &ngx_http_matrix_sender_heard_stmt;
+    q->nparams = 1;
+    q->handler = ngx_http_matrix_sender_heard_done;
+    q->data = pool;
+
+    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static void
+ngx_http_matrix_sender_heard_done(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_destroy_pool(q->data);
 }
 
 
 static void
 ngx_http_matrix_sender_tick(ngx_event_t *ev)
 {
-    ngx_uint_t                 i;
-    ngx_str_t                  values[5];
-    u_char                     buf[5][NGX_INT64_LEN + 1];
     ngx_http_matrix_pg_t      *pg;
     ngx_http_matrix_sender_t  *s;
-    int64_t                    v[5];
 
     s = ev->data;
 
@@ -198,67 +445,133 @@ ngx_http_matrix_sender_tick(ngx_event_t *ev)
         return;
     }
 
-    if (s->jobs >= NGX_HTTP_MATRIX_SENDER_DESTS) {
-        /* every slot sending: the next to end claims again */
+    if (s->owner) {
+        if (ngx_http_matrix_sender_scan(s) != NGX_OK) {
+            ngx_http_matrix_sender_pass_end(s);
+        }
+
         return;
     }
 
+    /* a standby: tries the lock */
+
     pg = ngx_http_matrix_pg_of_cycle();
     if (pg == NULL) {
-        ngx_add_timer(&s->timer, NGX_HTTP_MATRIX_SENDER_PERIOD);
+        ngx_http_matrix_sender_soon(s, NGX_HTTP_MATRIX_SENDER_STANDBY);
         return;
     }
 
     s->pool = ngx_create_pool(4096, s->log);
     if (s->pool == NULL) {
-        ngx_add_timer(&s->timer, NGX_HTTP_MATRIX_SENDER_PERIOD);
+        ngx_http_matrix_sender_soon(s, NGX_HTTP_MATRIX_SENDER_STANDBY);
         return;
     }
 
+    s->lq = ngx_http_matrix_pg_query_create(pg, s->pool, s->log);
+    if (s->lq == NULL) {
+        goto failed;
+    }
+
+    s->lq->handler = ngx_http_matrix_sender_lease;
+    s->lq->data = s;
+    s->lq->watch = 1;
+    s->step = NGX_HTTP_MATRIX_SENDER_ACQUIRE;
     s->busy = 1;
-    s->again = 0;
 
-    s->q = ngx_http_matrix_pg_query_create(pg, s->pool, s->log);
-    if (s->q == NULL) {
-        ngx_http_matrix_sender_pass_end(s);
+    if (ngx_http_matrix_pg_acquire(s->lq) == NGX_OK) {
         return;
     }
 
-    v[0] = ngx_http_matrix_now_ms();
-    v[1] = NGX_HTTP_MATRIX_SENDER_LEASE;
-    v[2] = NGX_HTTP_MATRIX_SENDER_DESTS - s->jobs;
-    s->limit = v[2];
-    v[3] = NGX_HTTP_MATRIX_SENDER_PER_ROOM;
-    v[4] = NGX_HTTP_MATRIX_SENDER_PDUS;
+    s->busy = 0;
 
-    s->q->stmt = &ngx_http_matrix_sender_claim;
-    s->q->nparams = 5;
-    s->q->handler = ngx_http_matrix_sender_claimed;
-    s->q->data = s;
+failed:
 
-    for (i = 0; i < 5; i++) {
-        values[i].data = buf[i];
-        values[i].len = ngx_sprintf(buf[i], "%L", v[i]) - buf[i];
+    ngx_destroy_pool(s->pool);
+    s->pool = NULL;
+    s->lq = NULL;
+    ngx_http_matrix_sender_soon(s, NGX_HTTP_MATRIX_SENDER_STANDBY);
+}
 
-        if (ngx_http_matrix_pg_param(s->q, i, &values[i]) != NGX_OK) {
-            ngx_http_matrix_sender_pass_end(s);
+
+/* the lock's statements, and the news of its session's end */
+
+static void
+ngx_http_matrix_sender_lease(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_int_t                       rc;
+    ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_step_e   step;
+
+    s = q->data;
+    step = s->step;
+    s->step = NGX_HTTP_MATRIX_SENDER_IDLE;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        if (s->owner) {
+            /* the session, so the lock, is gone: another may own now */
+            ngx_log_error(NGX_LOG_WARN, s->log, 0,
+                          "matrix sender: lost the connection that holds "
+                          "the sending lock: %s%s%V",
+                          ngx_http_matrix_pg_status_text(q->status),
+                          q->error.len ? ": " : "", &q->error);
+        }
+
+        ngx_http_matrix_sender_step_down(s);
+        return;
+    }
+
+    switch (step) {
+
+    case NGX_HTTP_MATRIX_SENDER_ACQUIRE:
+        rc = ngx_http_matrix_sender_run(s, q, NGX_HTTP_MATRIX_SENDER_LOCK,
+                                        &ngx_http_matrix_sender_lock_stmt,
+                                        0, NULL);
+        break;
+
+    case NGX_HTTP_MATRIX_SENDER_LOCK:
+        if (PQntuples(q->result) != 1 || PQgetvalue(q->result, 0, 0)[0] != 't')
+        {
+            /* another worker or node sends; this one stands by */
+            ngx_http_matrix_sender_step_down(s);
             return;
         }
+
+        rc = ngx_http_matrix_sender_run(s, q, NGX_HTTP_MATRIX_SENDER_START,
+                                        &ngx_http_matrix_sender_start_stmt,
+                                        0, NULL);
+        break;
+
+    case NGX_HTTP_MATRIX_SENDER_START:
+        rc = ngx_http_matrix_sender_started(s);
+        break;
+
+    default:
+        return;
     }
 
-    if (ngx_http_matrix_pg_run(s->q) != NGX_OK) {
-        ngx_http_matrix_sender_pass_end(s);
+    if (rc != NGX_OK) {
+        if (s->owner) {
+            ngx_http_matrix_sender_pass_end(s);
+
+        } else {
+            ngx_http_matrix_sender_step_down(s);
+        }
     }
 }
 
 
+/* the pass's statements: scan, transactions, floor */
+
 static void
-ngx_http_matrix_sender_claimed(ngx_http_matrix_pg_query_t *q)
+ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q)
 {
-    int                        row, n;
-    ngx_http_matrix_sender_t  *s;
+    ngx_int_t                       rc;
+    ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_step_e   step;
 
     s = q->data;
+    step = s->step;
+    s->step = NGX_HTTP_MATRIX_SENDER_IDLE;
 
     if (q->status != NGX_HTTP_MATRIX_PG_OK) {
         ngx_log_error(NGX_LOG_WARN, s->log, 0,
@@ -269,37 +582,692 @@ ngx_http_matrix_sender_claimed(ngx_http_matrix_pg_query_t *q)
         return;
     }
 
-    n = PQntuples(q->result);
+    switch (step) {
 
-    if ((ngx_uint_t) n == s->limit) {
-        s->again = 1;
+    case NGX_HTTP_MATRIX_SENDER_SCANNING:
+        rc = ngx_http_matrix_sender_scanned(s);
+        break;
+
+    case NGX_HTTP_MATRIX_SENDER_TXNS:
+        ngx_http_matrix_sender_got_txns(s);
+        rc = ngx_http_matrix_sender_floor(s);
+        break;
+
+    case NGX_HTTP_MATRIX_SENDER_FLOORING:
+        s->floor = s->floor_new;
+        s->floor_at = ngx_current_msec;
+        rc = NGX_DONE;
+        break;
+
+    default:
+        rc = NGX_DONE;
+        break;
     }
 
-    for (row = 0; row < n; row++) {
-        s->jobs++;
-
-        if (ngx_http_matrix_sender_job(s, q->result, row) != NGX_OK) {
-            /* its lease ends by itself; the transaction is tried then */
-            s->jobs--;
-        }
+    if (rc != NGX_OK) {
+        ngx_http_matrix_sender_pass_end(s);
     }
-
-    ngx_http_matrix_sender_pass_end(s);
 }
 
 
-#define ngx_http_matrix_sender_copy(pool, dst, res, row, col)                 \
-    (dst)->len = PQgetlength(res, row, col);                                  \
-    (dst)->data = ngx_pnalloc(pool, (dst)->len + 1);                          \
-    if ((dst)->data) {                                                        \
-        ngx_cpystrn((dst)->data, (u_char *) PQgetvalue(res, row, col),        \
-                    (dst)->len + 1);                                          \
+static ngx_int_t
+ngx_http_matrix_sender_run(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_pg_query_t *q, ngx_http_matrix_sender_step_e step,
+    ngx_http_matrix_pg_stmt_t *stmt, ngx_uint_t n, ngx_str_t *values)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_matrix_pg_param(q, i, &values[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
+
+    q->stmt = stmt;
+    q->nparams = n;
+    s->step = step;
+
+    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
+        s->step = NGX_HTTP_MATRIX_SENDER_IDLE;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the floor and the rows of the destinations in trouble: the owner's start */
+
+static ngx_int_t
+ngx_http_matrix_sender_started(ngx_http_matrix_sender_t *s)
+{
+    int                             row, n;
+    PGresult                       *res;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    ngx_rbtree_init(&s->tree, &s->sentinel, ngx_str_rbtree_insert_value);
+    ngx_queue_init(&s->dests);
+
+    res = s->lq->result;
+    n = PQntuples(res);
+
+    for (row = 0; row < n; row++) {
+        if (PQgetisnull(res, row, 0)) {
+            s->floor = ngx_atoof((u_char *) PQgetvalue(res, row, 1),
+                                 PQgetlength(res, row, 1));
+            continue;
+        }
+
+        d = ngx_http_matrix_sender_dest(s, (u_char *) PQgetvalue(res, row, 0),
+                                        PQgetlength(res, row, 0), 1);
+        if (d == NULL) {
+            return NGX_ERROR;
+        }
+
+        d->cursor = ngx_atoof((u_char *) PQgetvalue(res, row, 1),
+                              PQgetlength(res, row, 1));
+        d->failures = ngx_atoi((u_char *) PQgetvalue(res, row, 2),
+                               PQgetlength(res, row, 2));
+        d->retry_at = ngx_atoof((u_char *) PQgetvalue(res, row, 3),
+                                PQgetlength(res, row, 3));
+        d->given_up = (PQgetvalue(res, row, 4)[0] == 't');
+        d->row = 1;
+        d->owed = 1;
+    }
+
+    if (s->floor < 0) {
+        s->floor = 0;
+    }
+
+    s->hwm = s->floor;
+    s->floor_new = s->floor;
+    s->floor_at = ngx_current_msec;
+    s->epoch = ngx_http_matrix_now_ms();
+    s->ntxn = 0;
+    s->owner = 1;
+    s->busy = 0;
+
+    ngx_log_error(NGX_LOG_NOTICE, s->log, 0,
+                  "matrix sender: this worker sends (from outbox seq %L, "
+                  "%i destinations with a row)", s->floor, n - 1);
+
+    return ngx_http_matrix_sender_scan(s);
+}
 
 
 static ngx_int_t
-ngx_http_matrix_sender_job(ngx_http_matrix_sender_t *s, PGresult *res,
-    int row)
+ngx_http_matrix_sender_scan(ngx_http_matrix_sender_t *s)
+{
+    ngx_str_t              values[3];
+    u_char                 buf[2][NGX_INT64_LEN];
+    ngx_http_matrix_pg_t  *pg;
+
+    pg = ngx_http_matrix_pg_of_cycle();
+    if (pg == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->ppool = ngx_create_pool(4096, s->log);
+    if (s->ppool == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->busy = 1;
+    s->again = 0;
+
+    s->pq = ngx_http_matrix_pg_query_create(pg, s->ppool, s->log);
+    if (s->pq == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->pq->handler = ngx_http_matrix_sender_passed;
+    s->pq->data = s;
+
+    values[0] = ngx_http_matrix_sender_int(buf[0], s->hwm);
+    values[1] = s->mscf->server_name;
+    values[2] = ngx_http_matrix_sender_int(buf[1],
+                                           NGX_HTTP_MATRIX_SENDER_SCAN);
+
+    return ngx_http_matrix_sender_run(s, s->pq,
+                                      NGX_HTTP_MATRIX_SENDER_SCANNING,
+                                      &ngx_http_matrix_sender_scan_stmt,
+                                      3, values);
+}
+
+
+/*
+ * Who is owed the outbox rows past the high-water mark; then the
+ * destinations due go: a retry as it was, the others' transactions read
+ * in one statement.
+ */
+
+static ngx_int_t
+ngx_http_matrix_sender_scanned(ngx_http_matrix_sender_t *s)
+{
+    int                             row, n;
+    int64_t                         top, now;
+    ngx_queue_t                    *qu;
+    PGresult                       *res;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    res = s->pq->result;
+    n = PQntuples(res);
+    top = s->hwm;
+
+    for (row = 0; row < n; row++) {
+        top = ngx_atoof((u_char *) PQgetvalue(res, row, 1),
+                        PQgetlength(res, row, 1));
+
+        if (PQgetisnull(res, row, 0)) {
+            continue;
+        }
+
+        /* one seen first starts past what was scanned before */
+
+        d = ngx_http_matrix_sender_dest(s, (u_char *) PQgetvalue(res, row, 0),
+                                        PQgetlength(res, row, 0), 1);
+        if (d == NULL) {
+            return NGX_ERROR;
+        }
+
+        d->owed = 1;
+    }
+
+    if (top > s->hwm) {
+        s->hwm = top;
+        s->again = 1;
+    }
+
+    now = ngx_http_matrix_now_ms();
+    s->nbatch = 0;
+
+    for (qu = ngx_queue_head(&s->dests);
+         qu != ngx_queue_sentinel(&s->dests);
+         qu = ngx_queue_next(qu))
+    {
+        d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+        if (d->job || !(d->owed || d->txn_id.len || d->edus)
+            || d->retry_at > now)
+        {
+            continue;
+        }
+
+        if (s->njobs + s->nbatch >= NGX_HTTP_MATRIX_SENDER_DESTS) {
+            /* every slot taken: the next to end starts a pass */
+            break;
+        }
+
+        if (d->txn_id.len) {
+            /* a retry: the very same transaction */
+            (void) ngx_http_matrix_sender_job(s, d);
+            continue;
+        }
+
+        s->batch[s->nbatch++] = d;
+    }
+
+    if (s->nbatch == 0) {
+        return ngx_http_matrix_sender_floor(s);
+    }
+
+    return ngx_http_matrix_sender_txns(s);
+}
+
+
+/* the batch's names and cursors as arrays: {"a","b"} and {1,NULL} */
+
+static ngx_int_t
+ngx_http_matrix_sender_txns(ngx_http_matrix_sender_t *s)
+{
+    u_char                         *p, *c;
+    size_t                          len;
+    ngx_str_t                       values[6];
+    ngx_uint_t                      i, k;
+    u_char                          buf[4][NGX_INT64_LEN];
+    ngx_http_matrix_sender_dest_t  *d;
+
+    len = 2;
+
+    for (i = 0; i < s->nbatch; i++) {
+        len += 2 * s->batch[i]->sn.str.len + 3;
+    }
+
+    values[0].data = ngx_pnalloc(s->ppool, len);
+    values[1].data = ngx_pnalloc(s->ppool,
+                                 2 + s->nbatch * (NGX_INT64_LEN + 1));
+
+    if (values[0].data == NULL || values[1].data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = values[0].data;
+    c = values[1].data;
+    *p++ = '{';
+    *c++ = '{';
+
+    for (i = 0; i < s->nbatch; i++) {
+        d = s->batch[i];
+
+        if (i) {
+            *p++ = ',';
+            *c++ = ',';
+        }
+
+        *p++ = '"';
+
+        for (k = 0; k < d->sn.str.len; k++) {
+            if (d->sn.str.data[k] == '"' || d->sn.str.data[k] == '\\') {
+                *p++ = '\\';
+            }
+
+            *p++ = d->sn.str.data[k];
+        }
+
+        *p++ = '"';
+
+        c = d->given_up ? ngx_cpymem(c, "NULL", 4)
+                        : ngx_sprintf(c, "%L", d->cursor);
+    }
+
+    *p++ = '}';
+    *c++ = '}';
+    values[0].len = p - values[0].data;
+    values[1].len = c - values[1].data;
+
+    /* what is past the high-water mark waits for the next scan */
+    s->txns_upto = s->hwm;
+
+    values[2] = ngx_http_matrix_sender_int(buf[0], s->hwm);
+    values[3] = s->mscf->server_name;
+    values[4] = ngx_http_matrix_sender_int(buf[1],
+                                           NGX_HTTP_MATRIX_SENDER_PER_ROOM);
+    values[5] = ngx_http_matrix_sender_int(buf[2],
+                                           NGX_HTTP_MATRIX_SENDER_PDUS);
+
+    return ngx_http_matrix_sender_run(s, s->pq, NGX_HTTP_MATRIX_SENDER_TXNS,
+                                      &ngx_http_matrix_sender_txns_stmt,
+                                      6, values);
+}
+
+
+/*
+ * Each destination of the batch owed something gets its transaction and
+ * goes; one owed nothing (of its rooms) is past the high-water mark.
+ */
+
+static void
+ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s)
+{
+    int                             row, n;
+    size_t                          len;
+    ngx_uint_t                      i, count;
+    PGresult                       *res;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    res = s->pq->result;
+    n = PQntuples(res);
+
+    for (row = 0; row < n; row++) {
+        d = ngx_http_matrix_sender_dest(s, (u_char *) PQgetvalue(res, row, 0),
+                                        PQgetlength(res, row, 0), 0);
+        if (d == NULL || d->job || d->txn_id.len) {
+            continue;
+        }
+
+        len = PQgetlength(res, row, 3);
+        d->nids.data = ngx_alloc(len, s->log);
+        if (d->nids.data == NULL) {
+            continue;
+        }
+
+        ngx_memcpy(d->nids.data, PQgetvalue(res, row, 3), len);
+        d->nids.len = len;
+
+        count = ngx_atoi((u_char *) PQgetvalue(res, row, 1),
+                         PQgetlength(res, row, 1));
+        d->upto = ngx_atoof((u_char *) PQgetvalue(res, row, 2),
+                            PQgetlength(res, row, 2));
+
+        if (count < NGX_HTTP_MATRIX_SENDER_PDUS) {
+            /* all it is owed up to the mark */
+            d->upto = ngx_max(d->upto, s->txns_upto);
+            d->owed = 0;
+        }
+
+        ngx_http_matrix_sender_new_txn(s, d);
+    }
+
+    for (i = 0; i < s->nbatch; i++) {
+        d = s->batch[i];
+
+        if (d->txn_id.len || d->job) {
+            continue;
+        }
+
+        /* none of its rooms had anything */
+        d->owed = 0;
+
+        if (!d->given_up) {
+            d->cursor = ngx_max(d->cursor, s->txns_upto);
+        }
+
+        if (d->edus == NULL) {
+            continue;
+        }
+
+        /* EDUs alone */
+
+        d->nids.data = ngx_alloc(2, s->log);
+        if (d->nids.data == NULL) {
+            continue;
+        }
+
+        ngx_memcpy(d->nids.data, "{}", 2);
+        d->nids.len = 2;
+        d->upto = d->cursor;
+
+        ngx_http_matrix_sender_new_txn(s, d);
+    }
+}
+
+
+/* a transaction made: its ID, the EDUs waiting, and off it goes */
+
+static void
+ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_sender_dest_t *d)
+{
+    d->txn_id.data = d->txn_buf;
+    d->txn_id.len = ngx_sprintf(d->txn_buf, "%L.%ui", s->epoch, ++s->ntxn)
+                    - d->txn_buf;
+
+    d->txn_edus = d->edus;
+    d->edus = NULL;
+
+    (void) ngx_http_matrix_sender_job(s, d);
+}
+
+
+/*
+ * An EDU for a destination, sent with its next transaction: by the
+ * owner only, and not to a server that is not answering (EDUs are
+ * ephemeral: a typing notice from an hour ago is noise).
+ */
+
+ngx_uint_t
+ngx_http_matrix_sender_sends(void)
+{
+    return ngx_http_matrix_sender && ngx_http_matrix_sender->owner;
+}
+
+
+void
+ngx_http_matrix_sender_edu(ngx_str_t *server, json_t *edu)
+{
+    ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    s = ngx_http_matrix_sender;
+
+    if (s == NULL || !s->owner) {
+        return;
+    }
+
+    d = ngx_http_matrix_sender_dest(s, server->data, server->len, 1);
+
+    if (d == NULL || d->given_up
+        || d->retry_at > ngx_http_matrix_now_ms())
+    {
+        return;
+    }
+
+    if (d->edus == NULL) {
+        d->edus = json_array();
+        if (d->edus == NULL) {
+            return;
+        }
+    }
+
+    if (json_array_size(d->edus) >= NGX_HTTP_MATRIX_SENDER_EDUS) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
+                       "matrix sender: EDUs for %V dropped: too many",
+                       server);
+        return;
+    }
+
+    json_array_append(d->edus, edu);
+
+    if (s->busy) {
+        s->again = 1;
+
+    } else {
+        ngx_http_matrix_sender_soon(s, 1);
+    }
+}
+
+
+/*
+ * What every destination without a row is past, written at most once a
+ * second: a row being written still counts, until it is there.
+ */
+
+static ngx_int_t
+ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
+{
+    int64_t                         floor;
+    ngx_str_t                       value;
+    ngx_queue_t                    *qu;
+    u_char                          buf[NGX_INT64_LEN];
+    ngx_http_matrix_sender_dest_t  *d;
+
+    floor = s->hwm;
+
+    for (qu = ngx_queue_head(&s->dests);
+         qu != ngx_queue_sentinel(&s->dests);
+         qu = ngx_queue_next(qu))
+    {
+        d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+        if (!d->row && d->cursor < floor) {
+            floor = d->cursor;
+        }
+    }
+
+    if (floor <= s->floor) {
+        return NGX_DONE;
+    }
+
+    if (ngx_current_msec - s->floor_at < NGX_HTTP_MATRIX_SENDER_FLOOR) {
+        s->floor_due = 1;
+        return NGX_DONE;
+    }
+
+    s->floor_due = 0;
+    s->floor_new = floor;
+    value = ngx_http_matrix_sender_int(buf, floor);
+
+    return ngx_http_matrix_sender_run(s, s->pq,
+                                      NGX_HTTP_MATRIX_SENDER_FLOORING,
+                                      &ngx_http_matrix_sender_floor_stmt,
+                                      1, &value);
+}
+
+
+static void
+ngx_http_matrix_sender_pass_end(ngx_http_matrix_sender_t *s)
+{
+    int64_t                         now, next;
+    ngx_queue_t                    *qu;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    if (s->ppool) {
+        ngx_destroy_pool(s->ppool);
+        s->ppool = NULL;
+        s->pq = NULL;
+    }
+
+    s->busy = 0;
+    s->step = NGX_HTTP_MATRIX_SENDER_IDLE;
+
+    if (!s->owner) {
+        return;
+    }
+
+    if (s->again) {
+        ngx_http_matrix_sender_soon(s, 1);
+        return;
+    }
+
+    /* the next retry due, the floor's next write, or a look in a while */
+
+    now = ngx_http_matrix_now_ms();
+    next = now + NGX_HTTP_MATRIX_SENDER_PERIOD;
+
+    if (s->floor_due) {
+        next = ngx_min(next, now + NGX_HTTP_MATRIX_SENDER_FLOOR);
+    }
+
+    for (qu = ngx_queue_head(&s->dests);
+         qu != ngx_queue_sentinel(&s->dests);
+         qu = ngx_queue_next(qu))
+    {
+        d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+        if (d->job == NULL && (d->owed || d->txn_id.len)
+            && d->retry_at < next)
+        {
+            next = ngx_max(d->retry_at, now + 1);
+        }
+    }
+
+    ngx_http_matrix_sender_soon(s, (ngx_msec_t) (next - now));
+}
+
+
+/*
+ * The lock is gone or was not had: the transactions in flight are
+ * dropped (another owner starts from what is persisted), and so is the
+ * state.
+ */
+
+static void
+ngx_http_matrix_sender_step_down(ngx_http_matrix_sender_t *s)
+{
+    ngx_queue_t                    *qu;
+    ngx_http_matrix_sender_job_t   *j;
+    ngx_http_matrix_sender_dest_t  *d;
+    ngx_pool_t                     *pool;
+
+    s->owner = 0;
+
+    if (s->ppool) {
+        ngx_destroy_pool(s->ppool);
+        s->ppool = NULL;
+        s->pq = NULL;
+    }
+
+    if (s->pool) {
+        while (!ngx_queue_empty(&s->jobs)) {
+            qu = ngx_queue_head(&s->jobs);
+            j = ngx_queue_data(qu, ngx_http_matrix_sender_job_t, queue);
+            ngx_queue_remove(qu);
+            j->d->job = NULL;
+            s->njobs--;
+            ngx_destroy_pool(j->pool);
+        }
+
+        for (qu = ngx_queue_head(&s->dests);
+             qu != ngx_queue_sentinel(&s->dests);
+             qu = ngx_queue_next(qu))
+        {
+            d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+            ngx_http_matrix_sender_drop_txn(d);
+            json_decref(d->edus);
+            d->edus = NULL;
+        }
+    }
+
+    ngx_queue_init(&s->dests);
+    s->busy = 0;
+    s->step = NGX_HTTP_MATRIX_SENDER_IDLE;
+
+    pool = s->pool;
+    s->pool = NULL;
+
+    if (s->lq) {
+        /* its connection is gone, or holds no lock */
+        ngx_http_matrix_pg_release(s->lq);
+        s->lq = NULL;
+    }
+
+    ngx_http_matrix_sender_soon(s, NGX_HTTP_MATRIX_SENDER_STANDBY);
+
+    if (pool) {
+        /* last: we may be in a call of its query */
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static ngx_http_matrix_sender_dest_t *
+ngx_http_matrix_sender_dest(ngx_http_matrix_sender_t *s, u_char *name,
+    size_t len, ngx_uint_t create)
+{
+    uint32_t                        hash;
+    ngx_str_t                       key;
+    ngx_str_node_t                 *sn;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    key.data = name;
+    key.len = len;
+    hash = ngx_crc32_short(name, len);
+
+    sn = ngx_str_rbtree_lookup(&s->tree, &key, hash);
+    if (sn) {
+        return (ngx_http_matrix_sender_dest_t *) sn;
+    }
+
+    if (!create) {
+        return NULL;
+    }
+
+    d = ngx_pcalloc(s->pool, sizeof(ngx_http_matrix_sender_dest_t) + len);
+    if (d == NULL) {
+        return NULL;
+    }
+
+    d->sn.str.data = (u_char *) (d + 1);
+    d->sn.str.len = len;
+    ngx_memcpy(d->sn.str.data, name, len);
+    d->sn.node.key = hash;
+    d->cursor = s->hwm;
+
+    ngx_rbtree_insert(&s->tree, &d->sn.node);
+    ngx_queue_insert_tail(&s->dests, &d->queue);
+
+    return d;
+}
+
+
+static void
+ngx_http_matrix_sender_drop_txn(ngx_http_matrix_sender_dest_t *d)
+{
+    if (d->nids.data) {
+        ngx_free(d->nids.data);
+    }
+
+    ngx_str_null(&d->nids);
+    d->txn_id.len = 0;
+
+    json_decref(d->txn_edus);
+    d->txn_edus = NULL;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_sender_job(ngx_http_matrix_sender_t *s,
+    ngx_http_matrix_sender_dest_t *d)
 {
     ngx_pool_t                    *pool;
     ngx_http_matrix_pg_t          *pg;
@@ -317,26 +1285,20 @@ ngx_http_matrix_sender_job(ngx_http_matrix_sender_t *s, PGresult *res,
 
     j = ngx_pcalloc(pool, sizeof(ngx_http_matrix_sender_job_t));
     if (j == NULL) {
-        ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        goto failed;
     }
 
     j->s = s;
+    j->d = d;
     j->pool = pool;
-
-    ngx_http_matrix_sender_copy(pool, &j->server, res, row, 0);
-    ngx_http_matrix_sender_copy(pool, &j->txn_id, res, row, 1);
-    ngx_http_matrix_sender_copy(pool, &j->upto, res, row, 2);
-    ngx_http_matrix_sender_copy(pool, &j->nids, res, row, 3);
+    j->server = d->sn.str;
+    j->txn_id = d->txn_id;
 
     j->q = ngx_http_matrix_pg_query_create(pg, pool, s->log);
 
-    if (j->server.data == NULL || j->txn_id.data == NULL
-        || j->upto.data == NULL || j->nids.data == NULL || j->q == NULL
-        || ngx_http_matrix_pg_param(j->q, 0, &j->nids) != NGX_OK)
+    if (j->q == NULL || ngx_http_matrix_pg_param(j->q, 0, &d->nids) != NGX_OK)
     {
-        ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        goto failed;
     }
 
     j->q->stmt = &ngx_http_matrix_sender_parts_stmt;
@@ -345,11 +1307,21 @@ ngx_http_matrix_sender_job(ngx_http_matrix_sender_t *s, PGresult *res,
     j->q->data = j;
 
     if (ngx_http_matrix_pg_run(j->q) != NGX_OK) {
-        ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        goto failed;
     }
 
+    d->job = j;
+    ngx_queue_insert_tail(&s->jobs, &j->queue);
+    s->njobs++;
+
     return NGX_OK;
+
+failed:
+
+    ngx_destroy_pool(pool);
+    d->retry_at = ngx_http_matrix_now_ms() + NGX_HTTP_MATRIX_SENDER_BACKOFF;
+
+    return NGX_ERROR;
 }
 
 
@@ -426,10 +1398,14 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
 
     j->npdus = json_array_size(pdus);
 
-    txn = json_pack("{s:s,s:I,s:o,s:[]}",
+    j->nedus = json_array_size(j->d->txn_edus);
+
+    txn = json_pack("{s:s,s:I,s:o,s:o}",
                     "origin", (char *) j->s->mscf->server_name.data,
                     "origin_server_ts", (json_int_t) ngx_http_matrix_now_ms(),
-                    "pdus", pdus, "edus");
+                    "pdus", pdus,
+                    "edus", j->d->txn_edus ? json_incref(j->d->txn_edus)
+                                           : json_array());
 
     text = txn ? json_dumps(txn, JSON_COMPACT) : NULL;
     json_decref(txn);
@@ -535,8 +1511,9 @@ ngx_http_matrix_sender_answered(ngx_http_matrix_http_req_t *hr)
 
     if (hr->status == NGX_HTTP_OK) {
         ngx_log_error(NGX_LOG_INFO, j->s->log, 0,
-                      "matrix sender: transaction %V to %V: %ui PDUs sent",
-                      &j->txn_id, &j->server, j->npdus);
+                      "matrix sender: transaction %V to %V: %ui PDUs, %ui "
+                      "EDUs sent", &j->txn_id, &j->server, j->npdus,
+                      j->nedus);
         ngx_http_matrix_sender_settle(j, 1);
         return;
     }
@@ -554,49 +1531,85 @@ ngx_http_matrix_sender_answered(ngx_http_matrix_http_req_t *hr)
 }
 
 
+/*
+ * 200: the cursor moves past the transaction and the back-off ends; a
+ * destination with a row says so (the row goes once it is past the
+ * floor).  Anything else: the same transaction after the back-off, and
+ * the row records it (given up on after a day of failures).
+ */
+
 static void
 ngx_http_matrix_sender_settle(ngx_http_matrix_sender_job_t *j,
     ngx_uint_t sent)
 {
-    ngx_uint_t                   i;
-    ngx_str_t                    values[6];
-    u_char                       buf[3][NGX_INT64_LEN + 1];
-    ngx_http_matrix_pg_query_t  *q;
+    int64_t                         now;
+    ngx_uint_t                      i, was, n;
+    ngx_str_t                       values[7];
+    u_char                          buf[6][NGX_INT64_LEN];
+    ngx_http_matrix_pg_query_t     *q;
+    ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_dest_t  *d;
 
+    s = j->s;
+    d = j->d;
     q = j->q;
     q->handler = ngx_http_matrix_sender_settled;
     q->data = j;
+    j->sent = sent;
 
-    values[0] = j->server;
-    values[1] = j->upto;
+    values[0] = d->sn.str;
+    now = ngx_http_matrix_now_ms();
 
     if (sent) {
-        q->stmt = &ngx_http_matrix_sender_sent;
-        q->nparams = 2;
+        was = d->failures || d->given_up;
+        d->cursor = ngx_max(d->cursor, d->upto);
+        d->failures = 0;
+        d->retry_at = 0;
+        d->given_up = 0;
+        ngx_http_matrix_sender_drop_txn(d);
+
+        if (!d->row || !(was || d->cursor >= s->floor)) {
+            ngx_http_matrix_sender_job_end(j);
+            return;
+        }
+
+        values[1] = ngx_http_matrix_sender_int(buf[0], d->cursor);
+        q->stmt = &ngx_http_matrix_sender_recovered;
+        n = 2;
 
     } else {
-        ngx_log_error(NGX_LOG_WARN, j->s->log, 0,
+        ngx_log_error(NGX_LOG_WARN, s->log, 0,
                       "matrix sender: transaction %V to %V not delivered, "
                       "will retry: %V", &j->txn_id, &j->server, &j->why);
 
-        values[2].data = buf[0];
-        values[2].len = ngx_sprintf(buf[0], "%L", ngx_http_matrix_now_ms())
-                        - buf[0];
-        values[3].data = buf[1];
-        values[3].len = ngx_sprintf(buf[1], "%d",
-                                    NGX_HTTP_MATRIX_SENDER_BACKOFF) - buf[1];
-        values[4].data = buf[2];
-        values[4].len = ngx_sprintf(buf[2], "%d",
-                                    NGX_HTTP_MATRIX_SENDER_BACKOFF_MAX)
-                        - buf[2];
-        values[5] = j->why;
+        d->failures++;
+        d->retry_at = now + ngx_min(NGX_HTTP_MATRIX_SENDER_BACKOFF_MAX,
+                                    (int64_t) NGX_HTTP_MATRIX_SENDER_BACKOFF
+                                    << ngx_min(d->failures - 1, 20));
 
+        if (d->given_up) {
+            ngx_str_null(&values[1]);
+
+        } else {
+            values[1] = ngx_http_matrix_sender_int(buf[0], d->cursor);
+        }
+
+        values[2] = ngx_http_matrix_sender_int(buf[1], d->failures);
+        values[3] = ngx_http_matrix_sender_int(buf[2], d->retry_at);
+        values[4] = ngx_http_matrix_sender_int(buf[3], now);
+        values[5] = ngx_http_matrix_sender_int(buf[4],
+                                               NGX_HTTP_MATRIX_SENDER_GIVE_UP);
+        values[6] = j->why;
         q->stmt = &ngx_http_matrix_sender_failed;
-        q->nparams = 6;
+        n = 7;
     }
 
-    for (i = 0; i < (ngx_uint_t) q->nparams; i++) {
-        if (ngx_http_matrix_pg_param(q, i, &values[i]) != NGX_OK) {
+    q->nparams = n;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_matrix_pg_param(q, i, values[i].data ? &values[i] : NULL)
+            != NGX_OK)
+        {
             ngx_http_matrix_sender_job_end(j);
             return;
         }
@@ -611,17 +1624,42 @@ ngx_http_matrix_sender_settle(ngx_http_matrix_sender_job_t *j,
 static void
 ngx_http_matrix_sender_settled(ngx_http_matrix_pg_query_t *q)
 {
-    ngx_http_matrix_sender_job_t  *j;
+    ngx_uint_t                      yes;
+    ngx_http_matrix_sender_job_t   *j;
+    ngx_http_matrix_sender_dest_t  *d;
 
     j = q->data;
+    d = j->d;
 
-    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
-        /* the lease ends by itself; the same transaction then */
+    if (q->status != NGX_HTTP_MATRIX_PG_OK || PQntuples(q->result) != 1) {
+        /* the row as it was: written again at the next change */
         ngx_log_error(NGX_LOG_WARN, j->s->log, 0,
-                      "matrix sender: transaction %V to %V: %s%s%V",
-                      &j->txn_id, &j->server,
-                      ngx_http_matrix_pg_status_text(q->status),
+                      "matrix sender: destination %V: %s%s%V",
+                      &j->server, ngx_http_matrix_pg_status_text(q->status),
                       q->error.len ? ": " : "", &q->error);
+        ngx_http_matrix_sender_job_end(j);
+        return;
+    }
+
+    yes = (PQgetvalue(q->result, 0, 0)[0] == 't');
+
+    if (j->sent) {
+        /* its row is gone: the floor counts it again */
+        d->row = !yes;
+
+    } else {
+        d->row = 1;
+
+        if (yes && !d->given_up) {
+            ngx_log_error(NGX_LOG_WARN, j->s->log, 0,
+                          "matrix sender: %V has failed for long: given up "
+                          "on, it will be sent its rooms' latest events "
+                          "when it answers", &j->server);
+
+            d->given_up = 1;
+            d->owed = 1;
+            ngx_http_matrix_sender_drop_txn(d);
+        }
     }
 
     ngx_http_matrix_sender_job_end(j);
@@ -635,47 +1673,23 @@ ngx_http_matrix_sender_job_end(ngx_http_matrix_sender_job_t *j)
 
     s = j->s;
 
+    j->d->job = NULL;
+    ngx_queue_remove(&j->queue);
+    s->njobs--;
+
     /* last: we may be in a call of one of its objects */
     ngx_destroy_pool(j->pool);
 
-    s->jobs--;
-
     /*
-     * A slot is free: a destination due meanwhile is claimed now, not
-     * after the slowest of the others (a dead server holds one slot for
-     * its timeout, never the rest).
+     * A slot is free: a destination due meanwhile goes now, not after
+     * the slowest of the others (a dead server holds one slot for its
+     * timeout, never the rest).
      */
 
-    if (!s->busy && !ngx_exiting && !ngx_terminate) {
-        if (s->timer.timer_set) {
-            ngx_del_timer(&s->timer);
-        }
+    if (s->busy) {
+        s->again = 1;
 
-        ngx_add_timer(&s->timer, 1);
-    }
-}
-
-
-static void
-ngx_http_matrix_sender_pass_end(ngx_http_matrix_sender_t *s)
-{
-    ngx_pool_t  *pool;
-
-    pool = s->pool;
-    s->pool = NULL;
-    s->q = NULL;
-    s->busy = 0;
-
-    if (!ngx_exiting && !ngx_terminate) {
-        if (s->timer.timer_set) {
-            ngx_del_timer(&s->timer);
-        }
-
-        ngx_add_timer(&s->timer,
-                      s->again ? 1 : NGX_HTTP_MATRIX_SENDER_PERIOD);
-    }
-
-    if (pool) {
-        ngx_destroy_pool(pool);
+    } else if (s->owner) {
+        ngx_http_matrix_sender_soon(s, 1);
     }
 }

@@ -36,7 +36,7 @@ my @TABLES = sort qw(events forward_extremities invites matrix_rooms
                 received_transactions room_state
                 schema_migrations server_key_json server_keys silo_changes
                 silo_localparts silo_outbox
-                destinations federation_outbox);
+                destinations federation_outbox federation_floor);
 
 my $pg = MatrixPg->start;
 my $CI = $pg->conninfo;

@@ -46,28 +46,30 @@ is eventually($MEMBER, 1), 1, 'the silo has carol in General';
 
 my $RNID = $pg->psql(qq{SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '$ROOM'});
 sub state_id {
-    my ($type, $key) = @_;
+    my ($type, $key, $rnid) = @_;
+    $rnid //= $RNID;
     return scalar $pg->psql(qq{SELECT e.event_id FROM matrix.room_state s JOIN matrix.events e
                           ON e.nid = s.event_nid
-                         WHERE s.room_nid = $RNID AND s.type = '$type'
+                         WHERE s.room_nid = $rnid AND s.type = '$type'
                            AND s.state_key = '$key'});
 }
 my $CREATE = state_id('m.room.create', '');
 my $PL = state_id('m.room.power_levels', '');
 
-# the room's head as the module has it: [prev_events], depth
+# a room's head as the module has it (default: General's): [prev_events], depth
 sub head {
+    my $rnid = shift // $RNID;
     my $h = decode_json(scalar $pg->psql(qq{SELECT jsonb_build_object(
         'prev', jsonb_agg(e.event_id ORDER BY e.nid), 'depth', max(e.depth) + 1)
           FROM matrix.forward_extremities f JOIN matrix.events e ON e.nid = f.event_nid
-         WHERE f.room_nid = $RNID}));
+         WHERE f.room_nid = $rnid}));
     return ($h->{prev}, $h->{depth});
 }
 
-# an event of SENDER in the room after PREV (default: the head), signed
+# an event of SENDER in the room (of nid RNID) after PREV (default: the head), signed
 sub event {
     my (%o) = @_;
-    my ($prev, $depth) = head();
+    my ($prev, $depth) = head($o{rnid});
     $prev = $o{prev} if $o{prev};
     $depth = $o{depth} if $o{depth};
     my $ev = {
@@ -274,6 +276,177 @@ is eventually($OUTBOX_EMPTY, 0), 0, 'outbox empty';
 is $pg->psql(q{SELECT count(*) FROM chat.messages WHERE source IN ('original', 'tampered')}), 0,
    'the silo never sees it';
 
+# --- batches: a room's PDUs checked and stored together -------------------------
+
+# carol joins Random as well
+my $ROOM2 = '!random:module.test';
+($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM2/$USER?ver=10");
+is $status, 200, 'make_join Random: 200';
+$signed = $fake->sign_event('remote.test', '10', $json->{event});
+($status, $json, $body) = fed('PUT',
+    "/_matrix/federation/v2/send_join/$ROOM2/$signed->{event_id}", $signed->{event});
+is $status, 200, 'send_join Random: 200' or diag $body;
+my $CAROL_JOIN2 = $signed->{event_id};
+my $RNID2 = $pg->psql(qq{SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '$ROOM2'});
+my @AUTH2 = (state_id('m.room.create', '', $RNID2), state_id('m.room.power_levels', '', $RNID2),
+             $CAROL_JOIN2);
+
+sub soft_failed_of {
+    my $in = join ',', map { "'$_'" } @_;
+    return $pg->psql(qq{SELECT string_agg(soft_failed::text, ',' ORDER BY nid)
+                          FROM matrix.events WHERE event_id IN ($in)});
+}
+
+# two rooms mixed, and in each a PDU after one of the same transaction
+my ($a1, $aid1) = event(content => text('batch general 1'));
+my ($b1, $bid1) = event(rnid => $RNID2, room_id => $ROOM2, auth => [@AUTH2],
+                        content => text('batch random 1'));
+my ($a2, $aid2) = event(prev => [$aid1], depth => $a1->{depth} + 1,
+                        content => text('batch general 2'));
+my ($b2, $bid2) = event(rnid => $RNID2, room_id => $ROOM2, auth => [@AUTH2],
+                        prev => [$bid1], depth => $b1->{depth} + 1,
+                        content => text('batch random 2'));
+($status, $json, $body) = send_txn([$a1, $b1, $a2, $b2]);
+is $status, 200, 'a transaction of two rooms: 200' or diag $body;
+is_deeply $json->{pdus}, { $aid1 => {}, $bid1 => {}, $aid2 => {}, $bid2 => {} },
+   'every PDU accepted, those after one of the same transaction too' or diag explain $json;
+is soft_failed_of($aid1, $bid1, $aid2, $bid2), 'false,false,false,false', 'all four stored';
+is_deeply [(head())[0]], [[$aid2]], "General's extremity: its last";
+is_deeply [(head($RNID2))[0]], [[$bid2]], "Random's extremity: its last";
+is eventually(qq{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages
+                  WHERE matrix_event_id IN ('$aid1', '$aid2', '$bid1', '$bid2')},
+              'batch general 1 / batch random 1 / batch general 2 / batch random 2'),
+   'batch general 1 / batch random 1 / batch general 2 / batch random 2',
+   'all delivered, each room in order';
+my $ROOM2_SILO = q{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages WHERE room_id = 2
+                    AND source LIKE 'batch random%'};
+is $pg->psql($ROOM2_SILO), 'batch random 1 / batch random 2', 'in the silo room of each';
+
+# frank joins Random and speaks in the same transaction, his message
+# authorised by his join: the state as the PDU before it left it
+my $FRANK = '@frank:remote.test';
+my ($fj, $fjid) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'join' },
+    auth => [@AUTH2[0, 1], state_id('m.room.join_rules', '', $RNID2)]);
+my ($fm, $fmid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    prev => [$fjid], depth => $fj->{depth} + 1, content => text('frank here'),
+    auth => [@AUTH2[0, 1], $fjid]);
+($status, $json) = send_txn([$fj, $fm]);
+is_deeply $json->{pdus}, { $fjid => {}, $fmid => {} },
+   'a join and a message it authorises, in one transaction: accepted' or diag explain $json;
+is soft_failed_of($fjid, $fmid), 'false,false', 'neither soft-failed';
+is eventually(q{SELECT count(*) FROM chat.messages WHERE source = 'frank here'}, 1), 1,
+   'the message delivered';
+
+# frank leaves, and in the same transaction speaks after his leave (the
+# state before it does not allow it: rejected) and beside it (it does,
+# the room's does not: soft-failed)
+my ($fl, $flid) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'leave' },
+    auth => [@AUTH2[0, 1], $fjid]);
+my ($fa, $faid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    prev => [$flid], depth => $fl->{depth} + 1, content => text('frank after'),
+    auth => [@AUTH2[0, 1], $fjid]);
+my ($fb, $fbid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    content => text('frank beside'), auth => [@AUTH2[0, 1], $fjid]);
+($status, $json) = send_txn([$fl, $fa, $fb]);
+is_deeply $json->{pdus}{$flid}, {}, 'his leave accepted';
+like $json->{pdus}{$faid}{error}, qr/^rejected by the state before it: /,
+   'after it: rejected by the state before it' or diag explain $json;
+is_deeply $json->{pdus}{$fbid}, {}, 'beside it: answered as accepted';
+is soft_failed_of($flid, $faid, $fbid), 'false,true', 'stored soft-failed';
+
+# he joins again, leaves, and speaks after his join (before his leave):
+# the state before it is the state as the transaction's join left it
+my ($fj2, $fjid2) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'join' },
+    auth => [@AUTH2[0, 1], state_id('m.room.join_rules', '', $RNID2), $flid]);
+my ($fl2, $flid2) = event(rnid => $RNID2, room_id => $ROOM2, type => 'm.room.member',
+    state_key => $FRANK, sender => $FRANK, content => { membership => 'leave' },
+    prev => [$fjid2], depth => $fj2->{depth} + 1, auth => [@AUTH2[0, 1], $fjid2]);
+my ($fc, $fcid) = event(rnid => $RNID2, room_id => $ROOM2, sender => $FRANK,
+    prev => [$fjid2], depth => $fj2->{depth} + 1, content => text('frank between'),
+    auth => [@AUTH2[0, 1], $fjid2]);
+($status, $json) = send_txn([$fj2, $fl2, $fc]);
+is_deeply $json->{pdus}, { $fjid2 => {}, $flid2 => {}, $fcid => {} },
+   'a message beside a leave of the same transaction: answered as accepted' or diag explain $json;
+is soft_failed_of($fjid2, $flid2, $fcid), 'false,false,true', 'soft-failed, not rejected';
+
+# one refused in the middle: those after it that name it refused too (no
+# gap asked for them), the others accepted
+my $GME = sub { scalar grep { $_->{path} =~ m{^/_matrix/federation/v1/get_missing_events/} }
+                $fake->requests(method => 'POST') };
+my $asked = $GME->();
+my ($c1, $cid1) = event(content => text('before the bad one'));
+my ($c2, $cid2) = event(type => 'm.room.power_levels', state_key => '',
+    prev => [$cid1], depth => $c1->{depth} + 1, content => { users => { $USER => 100 } });
+my ($c3, $cid3) = event(prev => [$cid2], depth => $c1->{depth} + 2,
+                        content => text('after the bad one'));
+my ($c4, $cid4) = event(prev => [$cid1], depth => $c1->{depth} + 1,
+                        content => text('beside the bad one'));
+my ($c5, $cid5) = event(prev => [$cid1], depth => $c1->{depth} + 1,
+                        auth => [$CREATE, $cid2, $CAROL_JOIN], content => text('authorised by the bad one'));
+($status, $json) = send_txn([$c1, $c2, $c3, $c4, $c5]);
+is $status, 200, 'a transaction with a bad PDU in the middle: 200';
+is_deeply $json->{pdus}{$cid1}, {}, 'the one before it accepted';
+like $json->{pdus}{$cid2}{error}, qr/^rejected/, 'the bad one rejected';
+is $json->{pdus}{$cid3}{error}, 'missing prev events', 'one after it that follows it: refused';
+like $json->{pdus}{$cid5}{error}, qr/^rejected: it cites auth events/,
+   'one it would authorise: rejected';
+is_deeply $json->{pdus}{$cid4}, {}, 'one after it that does not name it: accepted';
+is $GME->(), $asked, 'no gap asked for what this transaction refused';
+is soft_failed_of($cid1, $cid2, $cid3, $cid4, $cid5), 'false,false', 'the two good ones stored';
+is eventually(q{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages
+                 WHERE source IN ('before the bad one', 'beside the bad one')},
+              'before the bad one / beside the bad one'),
+   'before the bad one / beside the bad one', 'and delivered';
+is_deeply [sort @{ (head())[0] }], [$cid4], 'the head: the last good one';
+
+# the batch append itself (matrix_append_received_batch), in a room of its
+# own: all at once when all may go in, else one by one (one refused)
+$pg->psql(q{INSERT INTO matrix.matrix_rooms (room_id, room_version)
+            VALUES ('!scratch:module.test', '10')});
+my $SNID = $pg->psql(q{SELECT room_nid FROM matrix.matrix_rooms WHERE room_id = '!scratch:module.test'});
+sub rec {
+    my ($id, $depth, $prev, %o) = @_;
+    return { event_id => $id, type => $o{type} // 'm.room.message', sender => '@x:remote.test',
+             depth => $depth, ts => 1, prev => $prev, auth => [], pdu => '{}',
+             defined $o{state_key} ? (state_key => $o{state_key}) : (),
+             $o{soft} ? (soft_failed => JSON::PP::true) : () };
+}
+sub append_batch {
+    my $recs = encode_json([@_]);
+    $recs =~ s/'/''/g;
+    return decode_json(scalar $pg->psql(
+        qq{SET search_path = matrix; SELECT matrix_append_received_batch($SNID, '$recs')}));
+}
+sub scratch {
+    return $pg->psql(qq{SELECT string_agg(e.event_id || ':' || coalesce(array_to_string(ARRAY(
+                              SELECT p.event_id FROM matrix.events p WHERE p.nid = ANY (e.prev_nids)
+                              ORDER BY p.nid), '+'), '') || (CASE WHEN e.soft_failed THEN '~' ELSE '' END),
+                              ' ' ORDER BY e.nid)
+                          FROM matrix.events e WHERE e.room_nid = $SNID});
+}
+sub scratch_ext {
+    return $pg->psql(qq{SELECT string_agg(e.event_id, ' ' ORDER BY e.nid) FROM matrix.forward_extremities f
+                          JOIN matrix.events e ON e.nid = f.event_nid WHERE f.room_nid = $SNID});
+}
+my $nids = append_batch(rec('s1', 1, [], type => 'm.room.create', state_key => ''),
+                        rec('s2', 2, ['s1']), rec('s3', 3, ['s2']), rec('s4', 2, ['s1'], soft => 1),
+                        rec('s5', 3, ['s2', 's4']));
+is scalar(grep { defined } @$nids), 5, 'a batch that may all go in: five nids';
+is_deeply $nids, [sort { $a <=> $b } @$nids], 'in order';
+is scratch(), 's1: s2:s1 s3:s2 s4:s1~ s5:s2+s4', 'each after what it names, the soft-failed one marked';
+is scratch_ext(), 's3 s5', 'the extremities: what nothing after names (the soft-failed one never)';
+is $pg->psql(qq{SELECT e.event_id FROM matrix.room_state s JOIN matrix.events e ON e.nid = s.event_nid
+                 WHERE s.room_nid = $SNID}), 's1', 'the state';
+$nids = append_batch(rec('s6', 4, ['s3']), rec('s7', 4, ['nope']), rec('s8', 5, ['s6']),
+                     rec('s9', 9, ['s8']), rec('s3', 3, ['s2']));
+is_deeply [map { defined $_ ? 1 : 0 } @$nids], [1, 0, 1, 0, 1],
+   'one naming what the room lacks, one too deep: those refused, the rest in, one by one';
+is scratch(), 's1: s2:s1 s3:s2 s4:s1~ s5:s2+s4 s6:s3 s8:s6', 'as they would have been';
+is scratch_ext(), 's5 s8', 'the extremities';
+
 # --- the silo away -------------------------------------------------------------
 
 $t->silo_stop;
@@ -315,7 +488,18 @@ my ($l1, $lid1) = event(type => 'm.room.member', state_key => $USER,
 is_deeply $json->{pdus}{$lid1}, {}, 'carol leaves by a /send';
 is eventually($MEMBER, 0), 0, 'the silo no longer has carol in General';
 
-my ($s1, $sid1) = event(content => text('ghost'));
+# after her leave, by her old join: the state before it (after her leave)
+# does not allow it
+my ($s0, $sid0) = event(content => text('ghost after'));
+($status, $json) = send_txn([$s0]);
+like $json->{pdus}{$sid0}{error}, qr/^rejected by the state before it: /,
+   'a message after her leave: rejected by the state before it' or diag explain $json;
+is $pg->psql(qq{SELECT count(*) FROM matrix.events WHERE event_id = '$sid0'}), 0, 'not stored';
+
+# beside her leave (from before it), by her old join: allowed by the
+# state before it, not by the room's
+my ($s1, $sid1) = event(prev => $l1->{prev_events}, depth => $l1->{depth},
+                        content => text('ghost'));
 ($status, $json) = send_txn([$s1]);
 is $status, 200, 'a message by her old join: 200';
 is_deeply $json->{pdus}{$sid1}, {}, 'answered as accepted' or diag explain $json;

@@ -205,11 +205,56 @@ my @dups = grep { $seen{$_->{path}}++ }
            $fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/');
 is scalar @dups, 0, 'no transaction delivered twice (two workers)';
 
-is $pg->psql(q{SELECT count(*) FROM matrix.destinations
-               WHERE server_name = 'remote.test' AND failures = 0 AND txn_upto IS NULL}),
-   1, 'the destination is back to no back-off';
-is $pg->psql('SELECT count(*) FROM matrix.federation_outbox'), 0,
+is eventually(q{SELECT count(*) FROM matrix.destinations
+                 WHERE server_name = 'remote.test'}, 0), 0,
+   'the destination is back to no back-off (its row is gone)';
+is eventually('SELECT count(*) FROM matrix.federation_outbox', 0), 0,
    'and the outbox is empty (every destination is past it)';
+
+# --- the destination talks to us: its back-off ends at once ---------------------
+
+my $SEND = 'PUT /_matrix/federation/v1/send/';
+sub puts { $fake->requests(method => 'PUT', path => '/_matrix/federation/v1/send/') }
+
+$fake->configure('remote.test', { behaviour => { $SEND => { status => 500 } } });
+$fake->reset;
+post($joined_author, 'before the reset');
+for (1 .. 150) { last if puts() >= 2; sleep 0.1 }
+cmp_ok scalar(puts()), '>=', 2, 'two tries failed: the next one is 10 s away';
+sleep 1;
+$fake->configure('remote.test', { behaviour => undef });
+my $t_reset = Time::HiRes::time();
+($status) = fed('GET', "/_matrix/federation/v1/event/$m1_id");
+is $status, 200, 'remote.test asks us something (authenticated)';
+@pdus = wait_pdus(by_body('before the reset'), 5);
+ok((grep { ($_->{content}{body} // '') eq 'before the reset' } @pdus),
+   'then the transaction goes at once');
+cmp_ok Time::HiRes::time() - $t_reset, "<", 5, "well before its back-off ends";
+
+# --- a destination down for long is given up on: it holds no outbox ------------
+
+$fake->configure('remote.test', { behaviour => { $SEND => { status => 500 } } });
+$fake->reset;
+post($joined_author, 'given up 1');
+for (1 .. 150) { last if puts(); sleep 0.1 }
+is eventually(q{SELECT count(*) FROM matrix.destinations WHERE server_name = 'remote.test'}, 1),
+   1, 'a failure gives remote.test a row';
+# as if it had failed for a day
+$pg->psql(q{UPDATE matrix.destinations SET failing_since = 1 WHERE server_name = 'remote.test'});
+is eventually(q{SELECT given_up FROM matrix.destinations WHERE server_name = 'remote.test'}, 't'),
+   't', 'at its next failure it is given up on';
+post($joined_author, 'given up 2');
+is eventually('SELECT count(*) FROM matrix.federation_outbox', 0), 0,
+   'and the outbox is trimmed past it';
+
+$fake->configure('remote.test', { behaviour => undef });
+$fake->reset;
+($status) = fed('GET', "/_matrix/federation/v1/event/$m1_id");
+@pdus = wait_pdus(by_body('given up 2'), 10);
+ok((grep { ($_->{content}{body} // '') eq 'given up 2' } @pdus),
+   'back, it is sent the room\'s latest event');
+is eventually(q{SELECT count(*) FROM matrix.destinations WHERE server_name = 'remote.test'}, 0),
+   0, 'and is a healthy destination again (no row)';
 
 # --- a remote join is relayed to the room's other servers ----------------------
 
@@ -226,6 +271,36 @@ ok((grep { ($_->{state_key} // '') eq '@dan:remote.test' } @pdus),
 # one worker, so that no other worker can step in for a stuck one
 unlike $ngx->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/,
        'no crash, no alert (two workers)';
+
+# --- the sending worker killed mid-way: another takes over, nothing lost -------
+
+my ($owner) = ($ngx->error_log =~ /.*\b(\d+)#\d+: .*matrix sender: this worker sends/s);
+ok $owner, 'one worker sends: ' . ($owner // 'none');
+$fake->configure('remote.test', { behaviour => { $SEND => { status => 500, delay_ms => 3000 } } });
+$fake->reset;
+post($joined_author, 'killed 1');
+for (1 .. 100) { last if puts(); sleep 0.1 }
+ok scalar(puts()), 'a transaction is in flight';
+kill 'KILL', $owner if $owner;
+$fake->configure('remote.test', { behaviour => undef });
+post($joined_author, 'killed 2');
+@pdus = wait_pdus(by_body('killed 2'), 30);
+@bodies = grep { /^killed/ } map { $_->{content}{body} // '' } @pdus;
+is_deeply [ grep { $_ eq 'killed 1' } @bodies ], ['killed 1'], 'the message in flight is delivered';
+ok((grep { $_ eq 'killed 2' } @bodies), 'and the next one');
+my @owners = ($ngx->error_log =~ /\b(\d+)#\d+: [^\n]*matrix sender: this worker sends/g);
+isnt $owners[-1], $owner, 'by another worker';
+
+# the lock's session ends under the owner (the pool's lease "watch"): it
+# stops sending at once, and the lock is taken again
+$pg->psql(q{SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND classid = 28025 AND objid = 2});
+post($joined_author, 'lock lost');
+@pdus = wait_pdus(by_body('lock lost'), 30);
+ok((grep { ($_->{content}{body} // '') eq 'lock lost' } @pdus),
+   'the lock\'s connection killed: the next message still goes');
+like $ngx->error_log, qr/lost the connection that holds the sending lock/,
+     'the owner heard at once that its lock went';
 $ngx = $t->restart_nginx(workers => 1);
 
 ($status, $json) = fed('GET', "/_matrix/federation/v1/make_join/$ROOM/\@sam:slow.test?ver=10",

@@ -459,6 +459,41 @@ class Silo:
         self.hub.publish(room["id"], "message", row["id"])
         return web.json_response(message_json(msg))
 
+    # Typing and reading are not stored here; the Matrix module hears of
+    # them through NOTIFY matrix_silo_ephemeral (docs/silo-contract.md,
+    # "Typing and read receipts").
+    async def typing(self, request):
+        body = await json_body(request)
+        typing = field(body, "typing", bool)
+        async with self.pool.acquire() as conn:
+            u = await self.user(request, conn)
+            room = await self.room_for(conn, u, request.match_info["room"])
+            await self.ephemeral(conn, {
+                "type": "typing", "room_id": str(room["id"]),
+                "user_id": str(u["id"]), "typing": typing})
+        return web.json_response({})
+
+    async def read(self, request):
+        body = await json_body(request)
+        message_id = silo_id(field(body, "message_id", str), "message")
+        async with self.pool.acquire() as conn:
+            u = await self.user(request, conn)
+            room = await self.room_for(conn, u, request.match_info["room"])
+            if await conn.fetchval(
+                    """SELECT 1 FROM chat.messages
+                        WHERE id = $1 AND room_id = $2""",
+                    message_id, room["id"]) is None:
+                raise Refused(404, "no such message in this room")
+            await self.ephemeral(conn, {
+                "type": "receipt", "room_id": str(room["id"]),
+                "user_id": str(u["id"]), "message_id": str(message_id),
+                "ts": ms_of(datetime.datetime.now(datetime.timezone.utc))})
+        return web.json_response({})
+
+    async def ephemeral(self, conn, notice):
+        await conn.execute("SELECT pg_notify('matrix_silo_ephemeral', $1)",
+                           json.dumps(notice))
+
     async def own_message(self, conn, user, message_id, deleting=False):
         m = await conn.fetchrow(
             """SELECT m.*, ms.role FROM chat.messages m
@@ -841,7 +876,7 @@ class Silo:
                 event_id, uid, room_id, room_name, inviter, ts_of(ts))
         return web.json_response({})
 
-    async def ephemeral(self, request, apply):
+    async def ephemeral_write(self, request, apply):
         """The frame of typing notices and read receipts: not keyed by
         an event ID (the latest one wins, and losing one is harmless);
         the room, the sender's virtual user, one transaction."""
@@ -873,7 +908,7 @@ class Silo:
                    ON CONFLICT (room_id, user_id)
                    DO UPDATE SET until = EXCLUDED.until""",
                 room_id, user_id, typing, timeout)
-        return await self.ephemeral(request, apply)
+        return await self.ephemeral_write(request, apply)
 
     async def i_receipt(self, request):
         """PUT receipts: how far a Matrix user has read; never back."""
@@ -895,7 +930,7 @@ class Silo:
                                  read_at = EXCLUDED.read_at
                    WHERE r.message_id <= EXCLUDED.message_id""",
                 room_id, user_id, mid, ts_of(ts))
-        return await self.ephemeral(request, apply)
+        return await self.ephemeral_write(request, apply)
 
     async def i_password(self, request):
         self.check_token(request)
@@ -952,6 +987,8 @@ USER_ROUTES = """
     GET     /api/rooms/{room}/messages   messages
     POST    /api/rooms/{room}/messages   post
     GET     /api/rooms/{room}/stream     stream
+    POST    /api/rooms/{room}/typing     typing
+    POST    /api/rooms/{room}/read       read
     PATCH   /api/messages/{message}      edit
     DELETE  /api/messages/{message}      delete
 """
