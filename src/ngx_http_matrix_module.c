@@ -34,6 +34,8 @@ static char *ngx_http_matrix_well_known_server(ngx_conf_t *cf,
 static char *ngx_http_matrix_well_known_client(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 
+static char *ngx_http_matrix_silo_supports_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_matrix_silo_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_schema_name(ngx_conf_t *cf, void *post,
@@ -195,6 +197,13 @@ static ngx_command_t  ngx_http_matrix_commands[] = {
     { ngx_string("matrix_silo_api"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_matrix_silo_api,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_silo_supports"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_matrix_silo_supports_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -658,6 +667,62 @@ ngx_http_matrix_silo_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * matrix_silo_supports reactions | typing | receipts ...: the optional
+ * writes the silo's internal API has (docs/silo-contract.md); without
+ * one, the module falls back (reactions) or drops what it would write.
+ */
+
+static char *
+ngx_http_matrix_silo_supports_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_matrix_main_conf_t *mmcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i, j;
+
+    static struct {
+        ngx_str_t    name;
+        ngx_uint_t   flag;
+    } writes[] = {
+        { ngx_string("reactions"), NGX_HTTP_MATRIX_SILO_REACTIONS },
+        { ngx_string("typing"), NGX_HTTP_MATRIX_SILO_TYPING },
+        { ngx_string("receipts"), NGX_HTTP_MATRIX_SILO_RECEIPTS }
+    };
+
+    if (mmcf->silo_supports_set) {
+        return "is duplicate";
+    }
+
+    mmcf->silo_supports_set = 1;
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        for (j = 0; j < sizeof(writes) / sizeof(writes[0]); j++) {
+            if (value[i].len == writes[j].name.len
+                && ngx_strncmp(value[i].data, writes[j].name.data,
+                               value[i].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == sizeof(writes) / sizeof(writes[0])) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%V: unknown write \"%V\", expected "
+                               "\"reactions\", \"typing\" or \"receipts\"",
+                               &cmd->name, &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        mmcf->silo_supports |= writes[j].flag;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 /* Postgres identifiers: at most 63 bytes, no NUL; quoting does the rest */
 
 static char *
@@ -848,6 +913,7 @@ ngx_http_matrix_create_main_conf(ngx_conf_t *cf)
      *     mmcf->silo_schema = { 0, NULL };
      *     mmcf->silo_api = NULL;
      *     mmcf->silo_api_token = { 0, NULL };
+     *     mmcf->silo_supports = 0;
      *     mmcf->fed_zone = NULL;
      *     mmcf->federation = 0;
      */

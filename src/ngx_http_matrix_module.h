@@ -21,6 +21,11 @@
 #define NGX_HTTP_MATRIX_MAX_KEYS        8
 #define NGX_HTTP_MATRIX_MAX_SEGMENTS    16
 
+/* the optional writes of the silo's internal API */
+#define NGX_HTTP_MATRIX_SILO_REACTIONS  0x0001
+#define NGX_HTTP_MATRIX_SILO_TYPING     0x0002
+#define NGX_HTTP_MATRIX_SILO_RECEIPTS   0x0004
+
 
 typedef struct ngx_http_matrix_route_s       ngx_http_matrix_route_t;
 typedef struct ngx_http_matrix_route_node_s  ngx_http_matrix_route_node_t;
@@ -49,6 +54,9 @@ typedef struct {
 
     ngx_url_t                      *silo_api;       /* "matrix_silo_api" */
     ngx_str_t                       silo_api_token;
+    ngx_uint_t                      silo_supports;  /* "matrix_silo_
+                                                       supports": NGX_HTTP_
+                                                       MATRIX_SILO_* */
 
     ngx_http_matrix_http_conf_t    *http;           /* federation client */
     void                           *remote_keys;    /* per worker */
@@ -60,6 +68,7 @@ typedef struct {
                                                        cache" */
     ngx_shm_zone_t                 *fed_zone;       /* NULL: none */
     unsigned                        federation:1;   /* a "matrix" location */
+    unsigned                        silo_supports_set:1;
 } ngx_http_matrix_main_conf_t;
 
 

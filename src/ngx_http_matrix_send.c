@@ -35,9 +35,9 @@
  *     edits, redactions, and joins and leaves of other servers' users.
  *     A redacted event is not told to the silo.
  *
- * Every accepted PDU is committed before the answer.  EDUs (typing,
- * receipts, presence...) are accepted and dropped: the silo has no
- * writes for them yet.
+ * Every accepted PDU is committed before the answer.  EDUs are
+ * accepted: typing notices and read receipts are told to the silo on the
+ * side (ngx_http_matrix_edu.c), presence and the rest are ignored.
  */
 
 
@@ -46,6 +46,7 @@
 #include "ngx_http_matrix_silo_api.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_destination.h"
+#include "ngx_http_matrix_edu.h"
 
 #include <mx_auth.h>
 
@@ -269,6 +270,9 @@ ngx_http_matrix_txn(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
                                           "origin is not the server that "
                                           "sent it");
     }
+
+    /* on their own: they neither wait for the PDUs nor can fail them */
+    ngx_http_matrix_edu_receive(r, &ctx->origin, edus);
 
     t = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_txn_t));
     if (t == NULL) {
@@ -1636,6 +1640,10 @@ ngx_http_matrix_txn_outbox(ngx_http_matrix_room_op_t *op,
 
     if (ngx_strcmp(item->ev->type, "m.room.redaction") == 0) {
         return "deletion";
+    }
+
+    if (ngx_strcmp(item->ev->type, "m.reaction") == 0) {
+        return "reaction";
     }
 
     if (ngx_strcmp(item->ev->type, "m.room.member") == 0 && item->ev->membership

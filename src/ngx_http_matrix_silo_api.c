@@ -22,6 +22,7 @@
 #include "ngx_http_matrix_silo_api.h"
 #include "ngx_http_matrix_http.h"
 #include "ngx_http_matrix_pg.h"
+#include "ngx_http_matrix_feed.h"
 
 
 #define NGX_HTTP_MATRIX_SILO_PERIOD     1000
@@ -53,6 +54,8 @@ typedef struct {
     ngx_uint_t                      nrows;
     ngx_uint_t                      next;
     ngx_log_t                      *log;
+    ngx_str_t                       server_name;  /* whose users a message
+                                                     may mention */
     unsigned                        busy:1;
     unsigned                        again:1;
 } ngx_http_matrix_silo_api_t;
@@ -64,7 +67,9 @@ static void ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa);
 static ngx_int_t ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr);
 static json_t *ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row,
-    json_t *pdu, ngx_str_t *path);
+    json_t *pdu, ngx_str_t *path, ngx_uint_t *quiet);
+static json_t *ngx_http_matrix_silo_reaction(ngx_http_matrix_silo_row_t *row,
+    json_t *pdu, json_t *ctx, json_t *sender, ngx_str_t *path);
 static void ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr);
 static void ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa,
     ngx_uint_t done, ngx_str_t *why);
@@ -83,9 +88,9 @@ static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
  * its write needs: the event, the
  * silo's room (of a membership), the silo's user (of an invite: the
  * users view by the invitee's localpart) and the room's name as the
- * inviting server described it; of a message, edit or deletion, its
- * sender's display name and the silo messages its relations name
- * (matrix_outbox_context()).
+ * inviting server described it; of a message, edit, deletion or
+ * reaction, its sender's display name, the silo messages its relations
+ * name and the silo users it mentions (matrix_outbox_context()).
  */
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
@@ -110,11 +115,11 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
         "(SELECT s -> 'content' ->> 'name' "
         "FROM jsonb_array_elements(i.invite_room_state) s "
         "WHERE s ->> 'type' = 'm.room.name' LIMIT 1), "
-        "CASE WHEN c.kind IN ('message', 'edit', 'deletion') THEN "
-        "matrix_outbox_context(c.room_nid, (SELECT e.pdu FROM events e "
-        "WHERE e.event_id = c.event_id))::text END "
+        "CASE WHEN c.kind IN ('message', 'edit', 'deletion', 'reaction') "
+        "THEN matrix_outbox_context(c.room_nid, (SELECT e.pdu FROM events e "
+        "WHERE e.event_id = c.event_id), $4)::text END "
         "FROM c LEFT JOIN invites i ON c.kind = 'invite' "
-        "AND i.event_id = c.event_id ORDER BY c.seq", 3);
+        "AND i.event_id = c.event_id ORDER BY c.seq", 4);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_done =
     ngx_http_matrix_pg_stmt(
@@ -130,6 +135,7 @@ ngx_int_t
 ngx_http_matrix_silo_api_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_matrix_silo_api_t   *sa;
+    ngx_http_matrix_srv_conf_t   *mscf;
     ngx_http_matrix_main_conf_t  *mmcf;
 
     mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_matrix_module);
@@ -144,6 +150,12 @@ ngx_http_matrix_silo_api_init_process(ngx_cycle_t *cycle)
     }
 
     sa->log = cycle->log;
+
+    mscf = ngx_http_matrix_background_srv_conf(cycle);
+    if (mscf != NULL) {
+        sa->server_name = mscf->server_name;
+    }
+
     sa->timer.handler = ngx_http_matrix_silo_tick;
     sa->timer.data = sa;
     sa->timer.log = cycle->log;
@@ -184,7 +196,7 @@ ngx_http_matrix_silo_api_kick(void)
 static void
 ngx_http_matrix_silo_tick(ngx_event_t *ev)
 {
-    ngx_str_t                    values[3];
+    ngx_str_t                    values[4];
     u_char                       now[NGX_INT64_LEN + 1];
     u_char                       batch[NGX_INT_T_LEN + 1];
     u_char                       lease[NGX_INT_T_LEN + 1];
@@ -221,14 +233,17 @@ ngx_http_matrix_silo_tick(ngx_event_t *ev)
     values[2].len = ngx_sprintf(lease, "%d", NGX_HTTP_MATRIX_SILO_LEASE)
                     - lease;
 
+    values[3] = sa->server_name;
+
     sa->q->stmt = &ngx_http_matrix_silo_claim;
-    sa->q->nparams = 3;
+    sa->q->nparams = 4;
     sa->q->handler = ngx_http_matrix_silo_claimed;
     sa->q->data = sa;
 
     if (ngx_http_matrix_pg_param(sa->q, 0, &values[0]) != NGX_OK
         || ngx_http_matrix_pg_param(sa->q, 1, &values[1]) != NGX_OK
         || ngx_http_matrix_pg_param(sa->q, 2, &values[2]) != NGX_OK
+        || ngx_http_matrix_pg_param(sa->q, 3, &values[3]) != NGX_OK
         || ngx_http_matrix_pg_run(sa->q) != NGX_OK)
     {
         goto failed;
@@ -333,6 +348,7 @@ ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
 static void
 ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
 {
+    ngx_int_t                     rc;
     ngx_str_t                     why;
     ngx_http_matrix_silo_row_t   *row;
     ngx_http_matrix_http_req_t   *hr;
@@ -351,7 +367,18 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
         return;
     }
 
-    if (ngx_http_matrix_silo_write(sa, row, hr) != NGX_OK) {
+    rc = ngx_http_matrix_silo_write(sa, row, hr);
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sa->log, 0,
+                       "matrix silo api: %V of event \"%V\" names no silo "
+                       "message: dropped", &row->kind, &row->event_id);
+        ngx_str_set(&why, "names no silo message");
+        ngx_http_matrix_silo_settle(sa, 1, &why);
+        return;
+    }
+
+    if (rc != NGX_OK) {
         /* what cannot be written will not be later either */
         ngx_log_error(NGX_LOG_WARN, sa->log, 0,
                       "matrix silo api: %V of event \"%V\" cannot be "
@@ -374,28 +401,24 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
  *   PUT memberships/{event_id} {"room_id", "sender", "membership", "ts"}
  *   PUT invites/{event_id} {"room_id" (Matrix), "room_name", "sender",
  *                           "user_id" (the silo's), "ts"}
- *   PUT messages/{event_id}, edits/{event_id}, deletions/{event_id}:
+ *   PUT messages/{event_id}, edits/{event_id}, deletions/{event_id},
+ *       reactions/{event_id}, unreactions/{event_id}:
  *       ngx_http_matrix_silo_message()
+ * NGX_DECLINED: the event names nothing the silo has.
  */
 
 static ngx_int_t
 ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr)
 {
-    char                         *text;
     json_t                       *pdu, *body, *content;
     size_t                        len;
-    u_char                       *p;
     mx_err_t                      err;
-    ngx_url_t                    *u;
+    ngx_int_t                     rc;
     ngx_str_t                     path;
     const char                   *membership, *user_id, *name, *sender;
     const char                   *avatar;
-    ngx_http_matrix_main_conf_t  *mmcf;
-
-    mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                               ngx_http_matrix_module);
-    u = mmcf->silo_api;
+    ngx_uint_t                    quiet;
 
     pdu = mx_json_parse((char *) row->pdu.data, row->pdu.len, 0, &err);
     if (pdu == NULL) {
@@ -408,6 +431,7 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     sender = json_string_value(json_object_get(pdu, "sender"));
     name = json_string_value(json_object_get(content, "displayname"));
     body = NULL;
+    quiet = 0;
 
     if (ngx_strcmp(row->kind.data, "membership") == 0
         && membership && user_id)
@@ -459,20 +483,51 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
                          "ts", json_object_get(pdu, "origin_server_ts"));
 
     } else if (row->context.len) {
-        body = ngx_http_matrix_silo_message(row, pdu, &path);
+        body = ngx_http_matrix_silo_message(row, pdu, &path, &quiet);
     }
 
-    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-
-    json_decref(body);
     json_decref(pdu);
 
+    if (body == NULL) {
+        return quiet ? NGX_DECLINED : NGX_ERROR;
+    }
+
+    rc = ngx_http_matrix_silo_request(hr, sa->pool, &path, &row->event_id,
+                                      body);
+    json_decref(body);
+
+    if (rc != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    hr->handler = ngx_http_matrix_silo_answered;
+    hr->data = sa;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_silo_request(ngx_http_matrix_http_req_t *hr,
+    ngx_pool_t *pool, ngx_str_t *path, ngx_str_t *key, json_t *body)
+{
+    char                         *text;
+    size_t                        len;
+    u_char                       *p;
+    ngx_url_t                    *u;
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_matrix_module);
+    u = mmcf->silo_api;
+
+    text = json_dumps(body, JSON_COMPACT);
     if (text == NULL) {
         return NGX_ERROR;
     }
 
     hr->body.len = ngx_strlen(text);
-    hr->body.data = ngx_pnalloc(sa->pool, hr->body.len);
+    hr->body.data = ngx_pnalloc(pool, hr->body.len);
     if (hr->body.data == NULL) {
         free(text);
         return NGX_ERROR;
@@ -481,11 +536,11 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     ngx_memcpy(hr->body.data, text, hr->body.len);
     free(text);
 
-    /* the API's path, then the write's and the event ID, escaped */
+    /* the API's path, then the write's and the key, escaped */
 
-    len = u->uri.len + 1 + path.len + 3 * row->event_id.len;
+    len = u->uri.len + 1 + path->len + (key ? 3 * key->len : 0);
 
-    hr->uri.data = ngx_pnalloc(sa->pool, len);
+    hr->uri.data = ngx_pnalloc(pool, len);
     if (hr->uri.data == NULL) {
         return NGX_ERROR;
     }
@@ -497,9 +552,13 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
         *p++ = '/';
     }
 
-    p = ngx_cpymem(p, path.data, path.len);
-    p = (u_char *) ngx_escape_uri(p, row->event_id.data, row->event_id.len,
-                                  NGX_ESCAPE_ARGS);
+    p = ngx_cpymem(p, path->data, path->len);
+
+    if (key) {
+        p = (u_char *) ngx_escape_uri(p, key->data, key->len,
+                                      NGX_ESCAPE_ARGS);
+    }
+
     hr->uri.len = p - hr->uri.data;
 
     hr->host = u->host;
@@ -511,7 +570,7 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     if (mmcf->silo_api_token.len) {
         hr->authorization.len = sizeof("Bearer ") - 1
                                 + mmcf->silo_api_token.len;
-        hr->authorization.data = ngx_pnalloc(sa->pool, hr->authorization.len);
+        hr->authorization.data = ngx_pnalloc(pool, hr->authorization.len);
         if (hr->authorization.data == NULL) {
             return NGX_ERROR;
         }
@@ -520,26 +579,24 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
                     &mmcf->silo_api_token);
     }
 
-    hr->handler = ngx_http_matrix_silo_answered;
-    hr->data = sa;
-
     return NGX_OK;
 }
 
 
 /*
  * A message from Matrix, an edit of one (m.replace: the new text from
- * m.new_content), or a redaction of one, as the silo's write; NULL when
- * the silo cannot be told (the message it names is not the silo's).
+ * m.new_content), a reaction to one, or a redaction of one of these, as
+ * the silo's write; NULL when the silo cannot be told (*quiet: the
+ * message or reaction it names is not the silo's, which is no news).
  */
 
 static json_t *
 ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row, json_t *pdu,
-    ngx_str_t *path)
+    ngx_str_t *path, ngx_uint_t *quiet)
 {
-    json_t      *ctx, *content, *body, *sender;
+    json_t      *ctx, *content, *body, *sender, *mentions;
     mx_err_t     err;
-    const char  *html, *format, *target;
+    const char  *html, *format, *target, *reaction, *name;
 
     ctx = mx_json_parse((char *) row->context.data, row->context.len, 0,
                         &err);
@@ -577,6 +634,9 @@ ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row, json_t *pdu,
            ? json_string_value(json_object_get(content, "formatted_body"))
            : NULL;
 
+    reaction = json_string_value(json_object_get(ctx, "reaction"));
+    mentions = json_object_get(ctx, "mentions");
+
     if (ngx_strcmp(row->kind.data, "message") == 0
         && json_is_string(json_object_get(content, "body")))
     {
@@ -591,6 +651,10 @@ ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row, json_t *pdu,
                          "reply_to", json_object_get(ctx, "reply_to"),
                          "thread_root", json_object_get(ctx, "thread_root"));
 
+        if (body && json_array_size(mentions)) {
+            json_object_set(body, "mentions", mentions);
+        }
+
     } else if (ngx_strcmp(row->kind.data, "edit") == 0 && target
                && json_is_string(json_object_get(content, "body")))
     {
@@ -604,20 +668,109 @@ ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row, json_t *pdu,
                          "html", html,
                          "ts", json_object_get(pdu, "origin_server_ts"));
 
-    } else if (ngx_strcmp(row->kind.data, "deletion") == 0 && target) {
-        ngx_str_set(path, "deletions/");
+    } else if (ngx_strcmp(row->kind.data, "deletion") == 0
+               && (target || reaction))
+    {
+        /*
+         * Of a message (a reaction the silo got as one among them), or
+         * of a reaction; a silo without reactions has none to take back.
+         */
 
-        body = json_pack("{s:s,s:s,s:O,s:O}",
-                         "room_id", (char *) row->silo_room_id.data,
-                         "message_id", target,
-                         "sender", sender,
-                         "ts", json_object_get(pdu, "origin_server_ts"));
+        name = "message_id";
+        *quiet = 1;
+
+        if (target) {
+            ngx_str_set(path, "deletions/");
+
+        } else if (ngx_http_matrix_silo_supports(
+                       NGX_HTTP_MATRIX_SILO_REACTIONS))
+        {
+            ngx_str_set(path, "unreactions/");
+            name = "reaction_event_id";
+            target = reaction;
+        }
+
+        if (target) {
+            body = json_pack("{s:s,s:s,s:O,s:O}",
+                             "room_id", (char *) row->silo_room_id.data,
+                             name, target,
+                             "sender", sender,
+                             "ts", json_object_get(pdu, "origin_server_ts"));
+        }
+
+    } else if (ngx_strcmp(row->kind.data, "reaction") == 0) {
+        body = ngx_http_matrix_silo_reaction(row, pdu, ctx, sender, path);
+        *quiet = 1;
     }
 
     json_decref(sender);
     json_decref(ctx);
 
     return body;
+}
+
+
+/*
+ * An m.annotation of a silo message: PUT reactions/ for a silo that has
+ * them, else a message replying to the reacted one, "reacted with KEY",
+ * which a redaction of the reaction deletes as any other message.
+ */
+
+static json_t *
+ngx_http_matrix_silo_reaction(ngx_http_matrix_silo_row_t *row, json_t *pdu,
+    json_t *ctx, json_t *sender, ngx_str_t *path)
+{
+    json_t      *rel, *body, *key;
+    const char  *target, *rel_type;
+
+    rel = json_object_get(json_object_get(pdu, "content"), "m.relates_to");
+    rel_type = json_string_value(json_object_get(rel, "rel_type"));
+    key = json_object_get(rel, "key");
+    target = json_string_value(json_object_get(ctx, "target"));
+
+    if (target == NULL || rel_type == NULL
+        || ngx_strcmp(rel_type, "m.annotation") != 0
+        || !json_is_string(key) || json_string_length(key) == 0)
+    {
+        return NULL;
+    }
+
+    if (ngx_http_matrix_silo_supports(NGX_HTTP_MATRIX_SILO_REACTIONS)) {
+        ngx_str_set(path, "reactions/");
+
+        return json_pack("{s:s,s:s,s:O,s:O,s:O}",
+                         "room_id", (char *) row->silo_room_id.data,
+                         "message_id", target,
+                         "sender", sender,
+                         "key", key,
+                         "ts", json_object_get(pdu, "origin_server_ts"));
+    }
+
+    ngx_str_set(path, "messages/");
+
+    body = json_pack("{s:s,s:O,s:s+,s:n,s:O,s:s,s:n}",
+                     "room_id", (char *) row->silo_room_id.data,
+                     "sender", sender,
+                     "body", "reacted with ", json_string_value(key),
+                     "html",
+                     "ts", json_object_get(pdu, "origin_server_ts"),
+                     "reply_to", target,
+                     "thread_root");
+
+    return body;
+}
+
+
+ngx_uint_t
+ngx_http_matrix_silo_supports(ngx_uint_t writes)
+{
+    ngx_http_matrix_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_matrix_module);
+
+    return mmcf->silo_api != NULL
+           && (mmcf->silo_supports & writes) == writes;
 }
 
 

@@ -602,3 +602,40 @@ location /t { return 204; }
 --- request
 GET /t
 --- error_code: 204
+
+
+
+=== TEST 51: matrix_silo_supports: an unknown write is named
+--- http_config
+matrix_silo_api http://127.0.0.1:8090/matrix/;
+matrix_silo_supports reactions typing presence;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*matrix_silo_supports: unknown write "presence", expected "reactions", "typing" or "receipts"/
+
+
+
+=== TEST 52: matrix_silo_supports: twice
+--- http_config
+matrix_silo_api http://127.0.0.1:8090/matrix/;
+matrix_silo_supports reactions;
+matrix_silo_supports typing;
+--- config
+location /_matrix/ { return 204; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*"matrix_silo_supports" directive is duplicate/
+
+
+
+=== TEST 53: matrix_silo_supports: the three writes are accepted
+--- http_config
+matrix_silo_api http://127.0.0.1:8090/matrix/;
+matrix_silo_supports reactions typing receipts;
+--- config
+location /t { return 204; }
+--- request
+GET /t
+--- error_code: 204

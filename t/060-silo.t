@@ -525,6 +525,74 @@ my ($m1, $feed_before);
 }
 
 
+# ------------------------ internal API: reactions, typing, receipts
+
+{
+    my $react = { room_id => '1', message_id => '5', sender => sender('zoe'),
+                  key => 'ok', ts => $TS + 4000 };
+    my $REACTIONS = "SELECT count(*) FROM chat.reactions
+                      WHERE message_id = 5 AND removed_at IS NULL";
+
+    my ($st, $j) = internal('PUT', 'reactions/$x1', $react);
+    is($st, 200, 'PUT reactions: 200');
+    is_deeply($j, {}, 'PUT reactions: {}');
+    ($st) = internal('PUT', 'reactions/$x1', $react);
+    is($st, 200, 'PUT reactions again: 200');
+    is(sql($REACTIONS), 1, 'PUT reactions again: one reaction');
+
+    ($st) = internal('PUT', 'reactions/$x2', { %$react, message_id => '320' });
+    is($st, 404, 'a reaction to a message of another room: 404');
+    ($st) = internal('PUT', 'reactions/$x3', { %$react, key => 'k' x 256 });
+    is($st, 400, 'a reaction key of 256 characters: 400');
+    ($st) = internal('PUT', 'reactions/$ev1', $react);
+    is($st, 409, "a reaction reusing a message's event ID: 409");
+
+    my $unreact = { room_id => '1', reaction_event_id => '$x1',
+                    sender => sender('mallory'), ts => $TS + 5000 };
+    ($st) = internal('PUT', 'unreactions/$u0', $unreact);
+    is($st, 403, "removing someone else's reaction: 403");
+    ($st) = internal('PUT', 'unreactions/$u1', { %$unreact, room_id => '2' });
+    is($st, 404, 'removing a reaction of another room: 404');
+    ($st, $j) = internal('PUT', 'unreactions/$u2',
+                         { %$unreact, sender => sender('zoe') });
+    is($st, 200, 'PUT unreactions: 200');
+    is(sql($REACTIONS), 0, 'the reaction is gone');
+    ($st) = internal('PUT', 'reactions/$x1', $react);
+    is($st, 200, 'the reaction again after its removal: 200');
+    is(sql($REACTIONS), 0, 'and not back');
+    ($st) = internal('PUT', 'unreactions/$x1', $unreact);
+    is($st, 409, "an unreaction reusing a reaction's event ID: 409");
+
+    my $zoe = "(SELECT id FROM chat.users
+                 WHERE matrix_user_id = '\@zoe:remote.example')";
+    ($st, $j) = internal('PUT', 'typing', { room_id => '1',
+        sender => sender('zoe'), typing => JSON::PP::true, timeout => 30000 });
+    is($st, 200, 'PUT typing: 200');
+    is(sql("SELECT until > now() FROM chat.typing
+             WHERE room_id = 1 AND user_id = $zoe"), 't', 'zoe is typing');
+    ($st) = internal('PUT', 'typing', { room_id => '1',
+        sender => sender('zoe'), typing => JSON::PP::false, timeout => 30000 });
+    is(sql("SELECT until IS NULL FROM chat.typing
+             WHERE room_id = 1 AND user_id = $zoe"), 't', 'and then not');
+    ($st) = internal('PUT', 'typing', { room_id => '1', sender => sender('zoe'),
+                                        typing => 'yes', timeout => 30000 });
+    is($st, 400, 'PUT typing, typing not a boolean: 400');
+
+    my $read = { room_id => '1', sender => sender('zoe'), message_id => '7',
+                 ts => $TS };
+    ($st) = internal('PUT', 'receipts', $read);
+    is($st, 200, 'PUT receipts: 200');
+    ($st) = internal('PUT', 'receipts', { %$read, message_id => '6' });
+    is($st, 200, 'PUT receipts of an earlier message: 200');
+    is(sql("SELECT message_id FROM chat.read_markers
+             WHERE room_id = 1 AND user_id = $zoe"), 7, 'the marker never goes back');
+    ($st) = internal('PUT', 'receipts', { %$read, message_id => '320' });
+    is($st, 404, 'PUT receipts of a message of another room: 404');
+    ($st) = internal('PUT', 'receipts', $read, token => 'x' . $TOKEN);
+    is($st, 401, 'PUT receipts, a wrong token: 401');
+}
+
+
 # ------------------------------------------ internal API: password login
 
 {

@@ -87,7 +87,8 @@ CREATE TABLE chat.sessions (
 CREATE TABLE chat.matrix_writes (
     event_id        text PRIMARY KEY,
     kind            text NOT NULL
-                    CHECK (kind IN ('edit', 'deletion', 'membership')),
+                    CHECK (kind IN ('edit', 'deletion', 'membership',
+                                    'unreaction')),
     room_id         bigint NOT NULL REFERENCES chat.rooms ON DELETE CASCADE,
     message_id      bigint REFERENCES chat.messages,
     applied_at      timestamptz NOT NULL DEFAULT now()
@@ -102,4 +103,41 @@ CREATE TABLE chat.matrix_invites (
     room_name       text,
     inviter         text NOT NULL,
     invited_at      timestamptz NOT NULL
+);
+
+-- reactions of Matrix users to messages, by Matrix event ID; a removed
+-- one keeps its row (removed_at), so that the same event again does not
+-- bring it back
+CREATE TABLE chat.reactions (
+    event_id        text PRIMARY KEY,
+    message_id      bigint NOT NULL REFERENCES chat.messages ON DELETE CASCADE,
+    user_id         bigint NOT NULL REFERENCES chat.users,
+    key             text NOT NULL,
+    created_at      timestamptz NOT NULL,
+    removed_at      timestamptz
+);
+
+CREATE INDEX ON chat.reactions (message_id);
+
+-- the silo users a message mentions
+CREATE TABLE chat.mentions (
+    message_id      bigint NOT NULL REFERENCES chat.messages ON DELETE CASCADE,
+    user_id         bigint NOT NULL REFERENCES chat.users,
+    PRIMARY KEY (message_id, user_id)
+);
+
+-- who is typing where, until when; and how far each user has read
+CREATE TABLE chat.typing (
+    room_id         bigint NOT NULL REFERENCES chat.rooms ON DELETE CASCADE,
+    user_id         bigint NOT NULL REFERENCES chat.users,
+    until           timestamptz,               -- NULL: stopped
+    PRIMARY KEY (room_id, user_id)
+);
+
+CREATE TABLE chat.read_markers (
+    room_id         bigint NOT NULL REFERENCES chat.rooms ON DELETE CASCADE,
+    user_id         bigint NOT NULL REFERENCES chat.users,
+    message_id      bigint NOT NULL REFERENCES chat.messages ON DELETE CASCADE,
+    read_at         timestamptz NOT NULL,
+    PRIMARY KEY (room_id, user_id)
 );

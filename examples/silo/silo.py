@@ -635,6 +635,10 @@ class Silo:
             "SELECT id FROM chat.messages WHERE matrix_event_id = $1", eid)
         if mid is not None:
             return "message", mid
+        mid = await conn.fetchval(
+            "SELECT message_id FROM chat.reactions WHERE event_id = $1", eid)
+        if mid is not None:
+            return "reaction", mid
         return await conn.fetchrow(
             """SELECT kind, message_id FROM chat.matrix_writes
                 WHERE event_id = $1""", eid)
@@ -725,6 +729,10 @@ class Silo:
         reply_to, thread_root = await self.relations(
             conn, w.room_id, field(w.body, "reply_to", str, False),
             field(w.body, "thread_root", str, False))
+        mentions = field(w.body, "mentions", list, False) or []
+        if len(mentions) > 50 or not all(isinstance(m, str) and ID_RE.match(m)
+                                         for m in mentions):
+            raise Refused(400, "'mentions' are at most 50 user IDs")
         await conn.execute(
             """INSERT INTO chat.memberships (room_id, user_id, joined_at)
                VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
@@ -743,6 +751,14 @@ class Silo:
                 w.event_id)
         else:
             w.announce = mid
+            # the silo's own users only; an unknown ID is no mention
+            await conn.execute(
+                """INSERT INTO chat.mentions (message_id, user_id)
+                   SELECT $1, u.id FROM chat.users u
+                    WHERE u.id = ANY ($2::bigint[])
+                      AND u.matrix_user_id IS NULL
+                   ON CONFLICT DO NOTHING""",
+                mid, [int(m) for m in mentions])
         return {"message_id": str(mid)}
 
     async def edit_message(self, conn, w):
@@ -761,13 +777,7 @@ class Silo:
 
     async def delete_message(self, conn, w):
         m = await self.room_message(conn, w)
-        if m["user_id"] != w.user_id:
-            role = await conn.fetchval(
-                """SELECT role FROM chat.memberships
-                    WHERE room_id = $1 AND user_id = $2""",
-                w.room_id, w.user_id)
-            if role not in ("owner", "moderator"):
-                raise Refused(403, "not the author nor a moderator")
+        await self.author_or_moderator(conn, w, m["user_id"])
         # a message deleted already keeps its first deletion
         await self.apply_once(
             conn, w, "deletion", m["id"],
@@ -775,6 +785,48 @@ class Silo:
                 WHERE id = $1 AND deleted_at IS NULL""",
             m["id"], ts_of(w.ts), w.user_id)
         return {}
+
+    async def new_reaction(self, conn, w):
+        key = field(w.body, "key", str, maxlen=255)
+        if not key:
+            raise Refused(400, "empty 'key'")
+        m = await self.room_message(conn, w)
+        if m["deleted_at"] is not None:
+            raise Refused(409, "message is deleted")
+        if await conn.fetchval(
+                """INSERT INTO chat.reactions (event_id, message_id, user_id,
+                                              key, created_at)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (event_id) DO NOTHING RETURNING true""",
+                w.event_id, m["id"], w.user_id, key, ts_of(w.ts)):
+            w.announce = m["id"]
+        return {}
+
+    async def remove_reaction(self, conn, w):
+        """A reaction taken back, by its author or a moderator."""
+        r = await conn.fetchrow(
+            """SELECT r.message_id, r.user_id FROM chat.reactions r
+                 JOIN chat.messages m ON m.id = r.message_id
+                WHERE r.event_id = $1 AND m.room_id = $2 FOR UPDATE OF r""",
+            field(w.body, "reaction_event_id", str, maxlen=255), w.room_id)
+        if r is None:
+            raise Refused(404, "no such reaction in this room")
+        await self.author_or_moderator(conn, w, r["user_id"])
+        await self.apply_once(
+            conn, w, "unreaction", r["message_id"],
+            """UPDATE chat.reactions SET removed_at = $2
+                WHERE event_id = $1 AND removed_at IS NULL""",
+            w.body["reaction_event_id"], ts_of(w.ts))
+        return {}
+
+    async def author_or_moderator(self, conn, w, author):
+        """Who may take back what author wrote: the author, or a room
+        owner or moderator."""
+        if author != w.user_id and await conn.fetchval(
+                """SELECT role FROM chat.memberships
+                    WHERE room_id = $1 AND user_id = $2""",
+                w.room_id, w.user_id) not in ("owner", "moderator"):
+            raise Refused(403, "not the author nor a moderator")
 
     async def membership(self, conn, w):
         membership = field(w.body, "membership", str)
@@ -823,6 +875,62 @@ class Silo:
                    ON CONFLICT (event_id) DO NOTHING""",
                 event_id, uid, room_id, room_name, inviter, ts_of(ts))
         return web.json_response({})
+
+    async def ephemeral_write(self, request, apply):
+        """The frame of typing notices and read receipts: not keyed by
+        an event ID (the latest one wins, and losing one is harmless);
+        the room, the sender's virtual user, one transaction."""
+        self.check_token(request)
+        body = await json_body(request)
+        sender = field(body, "sender", dict)
+        if not MATRIX_USER_RE.match(field(sender, "user_id", str,
+                                          maxlen=255)):
+            raise Refused(400, "'sender.user_id' is not a Matrix user ID")
+        now = int(datetime.datetime.now(datetime.timezone.utc).timestamp()
+                  * 1000)
+        async with self.pool.acquire() as conn, conn.transaction():
+            room_id = await self.room(conn, field(body, "room_id", str))
+            user_id = await self.virtual_user(conn, sender, now)
+            await apply(conn, body, room_id, user_id)
+        return web.json_response({})
+
+    async def i_typing(self, request):
+        """PUT typing: who is typing where, until the timeout."""
+        async def apply(conn, body, room_id, user_id):
+            typing = field(body, "typing", bool)
+            timeout = field(body, "timeout", int)
+            if not 0 < timeout <= 600000:
+                raise Refused(400, "'timeout' out of range")
+            await conn.execute(
+                """INSERT INTO chat.typing AS t (room_id, user_id, until)
+                   VALUES ($1, $2, CASE WHEN $3 THEN now()
+                                        + $4 * interval '1 ms' END)
+                   ON CONFLICT (room_id, user_id)
+                   DO UPDATE SET until = EXCLUDED.until""",
+                room_id, user_id, typing, timeout)
+        return await self.ephemeral_write(request, apply)
+
+    async def i_receipt(self, request):
+        """PUT receipts: how far a Matrix user has read; never back."""
+        async def apply(conn, body, room_id, user_id):
+            mid = silo_id(field(body, "message_id", str), "message")
+            ts = field(body, "ts", int)
+            if not 0 <= ts < MAX_TS:
+                raise Refused(400, "'ts' out of range")
+            if not await conn.fetchval(
+                    """SELECT 1 FROM chat.messages
+                        WHERE id = $1 AND room_id = $2""", mid, room_id):
+                raise Refused(404, "no such message in this room")
+            await conn.execute(
+                """INSERT INTO chat.read_markers AS r
+                          (room_id, user_id, message_id, read_at)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (room_id, user_id)
+                   DO UPDATE SET message_id = EXCLUDED.message_id,
+                                 read_at = EXCLUDED.read_at
+                   WHERE r.message_id <= EXCLUDED.message_id""",
+                room_id, user_id, mid, ts_of(ts))
+        return await self.ephemeral_write(request, apply)
 
     async def i_password(self, request):
         self.check_token(request)
@@ -898,11 +1006,16 @@ def internal_routes(app, silo):
     for path, kind, apply in (("messages", "message", silo.new_message),
                               ("edits", "edit", silo.edit_message),
                               ("deletions", "deletion", silo.delete_message),
-                              ("memberships", "membership", silo.membership)):
+                              ("memberships", "membership", silo.membership),
+                              ("reactions", "reaction", silo.new_reaction),
+                              ("unreactions", "unreaction",
+                               silo.remove_reaction)):
         r.add_put(p + path + "/{event_id}",
                   functools.partial(silo.internal_write, kind=kind,
                                     apply=apply))
     r.add_put(p + "invites/{event_id}", silo.i_invite)
+    r.add_put(p + "typing", silo.i_typing)
+    r.add_put(p + "receipts", silo.i_receipt)
     r.add_post(p + "auth/password", silo.i_password)
 
 

@@ -14,7 +14,11 @@ package MatrixRoomTest;
 #   $t->eventually($sql, $want);     # polls until SQL gives WANT (10 s)
 #   $t->events_ok(\@pdus, $name, \@ids);    # hash, signature, ID checked
 #   $t->silo_stop; $t->silo_start;
-#   $t->restart_nginx(workers => 1);
+#   $t->restart_nginx(workers => 1, http => 'matrix_silo_supports typing;');
+#   my $join = $t->remote_join('@carol:remote.test', $room);       # make/send_join
+#   my ($pdu, $id) = $t->event(room_id => ..., sender => ..., content => ...,
+#                              auth => [...]);               # signed, at the head
+#   my ($status, $json) = $t->send_txn(\@pdus, edus => [...], as => 'remote.test');
 #   $t->pg, $t->fake, $t->dns, $t->ngx, $t->spec, $t->verify_keys
 #
 # The caller checks availability first: MatrixRoomTest::skip_reason().
@@ -37,7 +41,7 @@ use MatrixTest;
 use MatrixSpec;
 
 my $SILO = "$FindBin::Bin/../examples/silo";
-my $JSON = JSON::PP->new->canonical;
+my $JSON = JSON::PP->new->canonical->utf8;
 
 sub skip_reason {
     return 'no PostgreSQL server' unless MatrixPg::available();
@@ -111,7 +115,7 @@ sub restart_nginx {
     my ($self, %o) = @_;
     $self->{ngx}->stop if $self->{ngx};
     return $self->{ngx} = MatrixNginx->start(workers => $o{workers} || 1,
-        http => $self->{http},
+        http => $self->{http} . ($o{http} // ''),
         server => '        location /_matrix/ { matrix; }');
 }
 
@@ -181,6 +185,61 @@ sub fed {
         defined $content ? ('Content-Type' => 'application/json') : ());
     my $json = eval { decode_json($body) };
     return ($status, $json, $body);
+}
+
+# USER of the fake server joins ROOM (make_join, send_join); its join
+# event's ID, undef if either step failed
+sub remote_join {
+    my ($self, $user, $room) = @_;
+    my ($server) = $user =~ /:(.*)$/;
+    my ($st, $json) = $self->fed('GET',
+        "/_matrix/federation/v1/make_join/$room/$user?ver=10", undef, $server);
+    return undef unless $st == 200;
+    my $signed = $self->{fake}->sign_event($server, '10', $json->{event});
+    ($st) = $self->fed('PUT',
+        "/_matrix/federation/v2/send_join/$room/$signed->{event_id}",
+        $signed->{event}, $server);
+    return $st == 200 ? $signed->{event_id} : undef;
+}
+
+# the ID of ROOM's current state event TYPE, KEY
+sub state_id {
+    my ($self, $room, $type, $key) = @_;
+    return scalar $self->{pg}->psql(qq{SELECT e.event_id
+          FROM matrix.matrix_rooms r JOIN matrix.room_state s ON s.room_nid = r.room_nid
+          JOIN matrix.events e ON e.nid = s.event_nid
+         WHERE r.room_id = '$room' AND s.type = '$type' AND s.state_key = '$key'});
+}
+
+# an event of the fake server's user in a room, after the room's head as
+# this server has it, signed: (PDU, event ID)
+sub event {
+    my ($self, %o) = @_;
+    my ($server) = $o{sender} =~ /:(.*)$/;
+    my $h = decode_json(scalar $self->{pg}->psql(qq{SELECT jsonb_build_object(
+        'prev', jsonb_agg(e.event_id ORDER BY e.nid), 'depth', max(e.depth) + 1)
+          FROM matrix.matrix_rooms r
+          JOIN matrix.forward_extremities f ON f.room_nid = r.room_nid
+          JOIN matrix.events e ON e.nid = f.event_nid
+         WHERE r.room_id = '$o{room_id}'}));
+    my $s = $self->{fake}->sign_event($server, '10', {
+        type => $o{type} // 'm.room.message', room_id => $o{room_id},
+        sender => $o{sender}, origin => $server,
+        origin_server_ts => int(Time::HiRes::time() * 1000),
+        depth => $h->{depth}, prev_events => $h->{prev},
+        auth_events => $o{auth}, content => $o{content},
+        defined $o{redacts} ? (redacts => $o{redacts}) : () });
+    return ($s->{event}, $s->{event_id});
+}
+
+# PUT /send of PDUS (and EDUS) as the server AS (the first name)
+my $txn_n = 0;
+sub send_txn {
+    my ($self, $pdus, %o) = @_;
+    my $as = $o{as} // $self->{names}[0];
+    return $self->fed('PUT', '/_matrix/federation/v1/send/txn' . ++$txn_n . "-$$", {
+        origin => $as, origin_server_ts => int(Time::HiRes::time() * 1000),
+        pdus => $pdus, $o{edus} ? (edus => $o{edus}) : () }, $as);
 }
 
 sub DESTROY {
