@@ -51,7 +51,7 @@
 #define NGX_HTTP_MATRIX_SENDER_BACKOFF_MAX  3600000
 #define NGX_HTTP_MATRIX_SENDER_GIVE_UP    86400000
 #define NGX_HTTP_MATRIX_SENDER_HEARD      5000     /* ms per server */
-#define NGX_HTTP_MATRIX_SENDER_HEARD_SLOTS  64
+#define NGX_HTTP_MATRIX_SENDER_HEARD_SLOTS  1024
 
 
 typedef enum {
@@ -61,7 +61,8 @@ typedef enum {
     NGX_HTTP_MATRIX_SENDER_START,
     NGX_HTTP_MATRIX_SENDER_SCANNING,
     NGX_HTTP_MATRIX_SENDER_TXNS,
-    NGX_HTTP_MATRIX_SENDER_FLOORING
+    NGX_HTTP_MATRIX_SENDER_FLOORING,
+    NGX_HTTP_MATRIX_SENDER_UNLOCK
 } ngx_http_matrix_sender_step_e;
 
 
@@ -88,6 +89,7 @@ typedef struct {
 
     unsigned                        owed:1;        /* may have events */
     unsigned                        row:1;         /* it has a row */
+    unsigned                        retiring:1;    /* the row, going */
     unsigned                        given_up:1;
 } ngx_http_matrix_sender_dest_t;
 
@@ -124,6 +126,7 @@ typedef struct {
     unsigned                        busy:1;        /* a pass */
     unsigned                        again:1;
     unsigned                        floor_due:1;
+    unsigned                        resigning:1;
 } ngx_http_matrix_sender_t;
 
 
@@ -159,11 +162,14 @@ static void ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s);
 static void ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
     ngx_http_matrix_sender_dest_t *d);
 static ngx_int_t ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s);
+static ngx_uint_t ngx_http_matrix_sender_idle(
+    ngx_http_matrix_sender_dest_t *d);
 static void ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q);
 static ngx_int_t ngx_http_matrix_sender_run(ngx_http_matrix_sender_t *s,
     ngx_http_matrix_pg_query_t *q, ngx_http_matrix_sender_step_e step,
     ngx_http_matrix_pg_stmt_t *stmt, ngx_uint_t n, ngx_str_t *values);
 static void ngx_http_matrix_sender_step_down(ngx_http_matrix_sender_t *s);
+static void ngx_http_matrix_sender_resign(ngx_http_matrix_sender_t *s);
 static ngx_http_matrix_sender_dest_t *ngx_http_matrix_sender_dest(
     ngx_http_matrix_sender_t *s, u_char *name, size_t len, ngx_uint_t create);
 static void ngx_http_matrix_sender_drop_txn(ngx_http_matrix_sender_dest_t *d);
@@ -176,12 +182,17 @@ static void ngx_http_matrix_sender_settle(ngx_http_matrix_sender_job_t *j,
     ngx_uint_t sent);
 static void ngx_http_matrix_sender_settled(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_sender_job_end(ngx_http_matrix_sender_job_t *j);
+static void ngx_http_matrix_sender_job_failed(
+    ngx_http_matrix_sender_job_t *j);
 static void ngx_http_matrix_sender_pass_end(ngx_http_matrix_sender_t *s);
 static void ngx_http_matrix_sender_heard_done(ngx_http_matrix_pg_query_t *q);
 
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_lock_stmt =
     ngx_http_matrix_pg_stmt("SELECT pg_try_advisory_lock(28025, 2)", 0);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_unlock_stmt =
+    ngx_http_matrix_pg_stmt("SELECT pg_advisory_unlock(28025, 2)", 0);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_start_stmt =
     ngx_http_matrix_pg_stmt(
@@ -199,7 +210,8 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_txns_stmt =
         "$1::text[], $2::bigint[], $3, $4, $5, $6)", 6);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_floor_stmt =
-    ngx_http_matrix_pg_stmt("SELECT matrix_federation_floor($1)", 1);
+    ngx_http_matrix_pg_stmt(
+        "SELECT matrix_federation_floor($1, $2::text[])", 2);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_parts_stmt =
     ngx_http_matrix_pg_stmt(
@@ -441,7 +453,12 @@ ngx_http_matrix_sender_tick(ngx_event_t *ev)
 
     s = ev->data;
 
-    if (ngx_exiting || ngx_terminate || s->busy) {
+    if (ngx_exiting || ngx_terminate) {
+        ngx_http_matrix_sender_resign(s);
+        return;
+    }
+
+    if (s->busy) {
         return;
     }
 
@@ -545,6 +562,13 @@ ngx_http_matrix_sender_lease(ngx_http_matrix_pg_query_t *q)
         rc = ngx_http_matrix_sender_started(s);
         break;
 
+    case NGX_HTTP_MATRIX_SENDER_UNLOCK:
+        ngx_log_error(NGX_LOG_NOTICE, s->log, 0,
+                      "matrix sender: this worker is exiting: it no longer "
+                      "sends");
+        ngx_http_matrix_sender_step_down(s);
+        return;
+
     default:
         return;
     }
@@ -566,7 +590,9 @@ static void
 ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q)
 {
     ngx_int_t                       rc;
+    ngx_queue_t                    *qu;
     ngx_http_matrix_sender_t       *s;
+    ngx_http_matrix_sender_dest_t  *d;
     ngx_http_matrix_sender_step_e   step;
 
     s = q->data;
@@ -596,6 +622,21 @@ ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q)
     case NGX_HTTP_MATRIX_SENDER_FLOORING:
         s->floor = s->floor_new;
         s->floor_at = ngx_current_msec;
+
+        for (qu = ngx_queue_head(&s->dests);
+             qu != ngx_queue_sentinel(&s->dests);
+             qu = ngx_queue_next(qu))
+        {
+            d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+            if (d->retiring && d->failures == 0) {
+                /* the floor counts it again */
+                d->row = 0;
+            }
+
+            d->retiring = 0;
+        }
+
         rc = NGX_DONE;
         break;
 
@@ -776,6 +817,25 @@ ngx_http_matrix_sender_scanned(ngx_http_matrix_sender_t *s)
     if (top > s->hwm) {
         s->hwm = top;
         s->again = 1;
+    }
+
+    /*
+     * A destination owed nothing of what was scanned, with nothing in
+     * flight, is past it all: else the floor would wait for the quietest
+     * server, and the outbox with it.
+     */
+
+    for (qu = ngx_queue_head(&s->dests);
+         qu != ngx_queue_sentinel(&s->dests);
+         qu = ngx_queue_next(qu))
+    {
+        d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+        if (!ngx_http_matrix_sender_idle(d)) {
+            continue;
+        }
+
+        d->cursor = ngx_max(d->cursor, s->hwm);
     }
 
     now = ngx_http_matrix_now_ms();
@@ -1055,8 +1115,11 @@ ngx_http_matrix_sender_edu(ngx_str_t *server, json_t *edu)
 static ngx_int_t
 ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
 {
+    u_char                         *p;
+    size_t                          len;
     int64_t                         floor;
-    ngx_str_t                       value;
+    ngx_str_t                       values[2];
+    ngx_uint_t                      k, nretire;
     ngx_queue_t                    *qu;
     u_char                          buf[NGX_INT64_LEN];
     ngx_http_matrix_sender_dest_t  *d;
@@ -1074,7 +1137,31 @@ ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
         }
     }
 
-    if (floor <= s->floor) {
+    /*
+     * A row of a destination that answers again, idle and past the
+     * floor, goes with the floor's write: it would hold the outbox.
+     */
+
+    len = 2;
+    nretire = 0;
+
+    for (qu = ngx_queue_head(&s->dests);
+         qu != ngx_queue_sentinel(&s->dests);
+         qu = ngx_queue_next(qu))
+    {
+        d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+        d->retiring = (d->row && d->failures == 0
+                       && ngx_http_matrix_sender_idle(d)
+                       && d->cursor >= floor);
+
+        if (d->retiring) {
+            len += 2 * d->sn.str.len + 3;
+            nretire++;
+        }
+    }
+
+    if (floor <= s->floor && nretire == 0) {
         return NGX_DONE;
     }
 
@@ -1083,14 +1170,62 @@ ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
         return NGX_DONE;
     }
 
+    values[1].data = ngx_pnalloc(s->ppool, len);
+    if (values[1].data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = values[1].data;
+    *p++ = '{';
+
+    for (qu = ngx_queue_head(&s->dests);
+         qu != ngx_queue_sentinel(&s->dests);
+         qu = ngx_queue_next(qu))
+    {
+        d = ngx_queue_data(qu, ngx_http_matrix_sender_dest_t, queue);
+
+        if (!d->retiring) {
+            continue;
+        }
+
+        if (p[-1] != '{') {
+            *p++ = ',';
+        }
+
+        *p++ = '"';
+
+        for (k = 0; k < d->sn.str.len; k++) {
+            if (d->sn.str.data[k] == '"' || d->sn.str.data[k] == '\\') {
+                *p++ = '\\';
+            }
+
+            *p++ = d->sn.str.data[k];
+        }
+
+        *p++ = '"';
+    }
+
+    *p++ = '}';
+    values[1].len = p - values[1].data;
+
     s->floor_due = 0;
-    s->floor_new = floor;
-    value = ngx_http_matrix_sender_int(buf, floor);
+    s->floor_new = ngx_max(floor, s->floor);
+    values[0] = ngx_http_matrix_sender_int(buf, s->floor_new);
 
     return ngx_http_matrix_sender_run(s, s->pq,
                                       NGX_HTTP_MATRIX_SENDER_FLOORING,
                                       &ngx_http_matrix_sender_floor_stmt,
-                                      1, &value);
+                                      2, values);
+}
+
+
+/* nothing owed, nothing in flight, not given up on */
+
+static ngx_uint_t
+ngx_http_matrix_sender_idle(ngx_http_matrix_sender_dest_t *d)
+{
+    return !d->owed && d->job == NULL && d->txn_id.len == 0
+           && d->edus == NULL && !d->given_up;
 }
 
 
@@ -1111,6 +1246,11 @@ ngx_http_matrix_sender_pass_end(ngx_http_matrix_sender_t *s)
     s->step = NGX_HTTP_MATRIX_SENDER_IDLE;
 
     if (!s->owner) {
+        return;
+    }
+
+    if (ngx_exiting || ngx_terminate) {
+        ngx_http_matrix_sender_resign(s);
         return;
     }
 
@@ -1160,6 +1300,7 @@ ngx_http_matrix_sender_step_down(ngx_http_matrix_sender_t *s)
     ngx_pool_t                     *pool;
 
     s->owner = 0;
+    s->resigning = 0;
 
     if (s->ppool) {
         ngx_destroy_pool(s->ppool);
@@ -1352,7 +1493,7 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
 
     pdus = json_array();
     if (pdus == NULL) {
-        ngx_http_matrix_sender_job_end(j);
+        ngx_http_matrix_sender_job_failed(j);
         return;
     }
 
@@ -1411,7 +1552,7 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
     json_decref(txn);
 
     if (text == NULL) {
-        ngx_http_matrix_sender_job_end(j);
+        ngx_http_matrix_sender_job_failed(j);
         return;
     }
 
@@ -1420,7 +1561,7 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
 
     if (j->body.data == NULL) {
         free(text);
-        ngx_http_matrix_sender_job_end(j);
+        ngx_http_matrix_sender_job_failed(j);
         return;
     }
 
@@ -1430,7 +1571,7 @@ ngx_http_matrix_sender_parts(ngx_http_matrix_pg_query_t *q)
     dest = ngx_http_matrix_dest_create((ngx_cycle_t *) ngx_cycle, j->pool,
                                        j->s->log);
     if (dest == NULL) {
-        ngx_http_matrix_sender_job_end(j);
+        ngx_http_matrix_sender_job_failed(j);
         return;
     }
 
@@ -1465,7 +1606,7 @@ ngx_http_matrix_sender_resolved(ngx_http_matrix_dest_t *dest)
     hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle, j->pool,
                                      j->s->log);
     if (hr == NULL) {
-        ngx_http_matrix_sender_job_end(j);
+        ngx_http_matrix_sender_job_failed(j);
         return;
     }
 
@@ -1473,7 +1614,7 @@ ngx_http_matrix_sender_resolved(ngx_http_matrix_dest_t *dest)
                                sizeof("/_matrix/federation/v1/send/") - 1
                                + 3 * j->txn_id.len);
     if (hr->uri.data == NULL) {
-        ngx_http_matrix_sender_job_end(j);
+        ngx_http_matrix_sender_job_failed(j);
         return;
     }
 
@@ -1666,6 +1807,17 @@ ngx_http_matrix_sender_settled(ngx_http_matrix_pg_query_t *q)
 }
 
 
+/* out of memory, say: not again at once */
+
+static void
+ngx_http_matrix_sender_job_failed(ngx_http_matrix_sender_job_t *j)
+{
+    j->d->retry_at = ngx_http_matrix_now_ms() + NGX_HTTP_MATRIX_SENDER_BACKOFF;
+
+    ngx_http_matrix_sender_job_end(j);
+}
+
+
 static void
 ngx_http_matrix_sender_job_end(ngx_http_matrix_sender_job_t *j)
 {
@@ -1689,7 +1841,36 @@ ngx_http_matrix_sender_job_end(ngx_http_matrix_sender_job_t *j)
     if (s->busy) {
         s->again = 1;
 
+    } else if (ngx_exiting || ngx_terminate) {
+        ngx_http_matrix_sender_resign(s);
+
     } else if (s->owner) {
         ngx_http_matrix_sender_soon(s, 1);
+    }
+}
+
+
+/*
+ * A worker exiting after a reload may live on for hours (a websocket it
+ * proxies): it gives the lock up, so that a new worker sends.  What it
+ * had in flight is sent again by the next owner, from the floor.
+ */
+
+static void
+ngx_http_matrix_sender_resign(ngx_http_matrix_sender_t *s)
+{
+    if (!s->owner || s->busy || s->resigning || s->lq == NULL) {
+        /* a pass running ends here again */
+        return;
+    }
+
+    s->resigning = 1;
+
+    if (ngx_http_matrix_sender_run(s, s->lq, NGX_HTTP_MATRIX_SENDER_UNLOCK,
+                                   &ngx_http_matrix_sender_unlock_stmt, 0,
+                                   NULL)
+        != NGX_OK)
+    {
+        ngx_http_matrix_sender_step_down(s);
     }
 }
