@@ -2,7 +2,8 @@
 --
 -- A change whose transaction fails (the database refuses its events, a
 -- worker runs out of memory while signing) is rolled back and tried
--- again later, 1 s doubling to 5 min, while other rooms' changes go on;
+-- again later, 1 s doubling to 5 min, while other rooms' changes go on
+-- (a timeout or a deadlock waits the same, without counting);
 -- the room's later changes wait for it, as the silo's order is the
 -- room's.  A change that cannot make events at all (data the module
 -- cannot turn into an event), or still fails after 10 attempts, is
@@ -129,20 +130,23 @@ $fn$;
 
 
 -- A change's transaction failed (rolled back by now) or its events could
--- not be made (p_final): its next attempt, or given up on.  Returns
--- whether it was given up on.
+-- not be made (p_final): its next attempt, or given up on.  p_count:
+-- the change's own failure, an attempt; else passing trouble (a timeout,
+-- a deadlock), waited out without counting.  Returns whether it was
+-- given up on.
 
 CREATE FUNCTION matrix_feed_failed(p_seq bigint, p_error text,
-    p_final boolean)
+    p_final boolean, p_count boolean)
 RETURNS boolean
 LANGUAGE sql
 AS $fn$
     UPDATE silo_changes c
-       SET attempts = c.attempts + 1,
+       SET attempts = c.attempts + CASE WHEN p_count THEN 1 ELSE 0 END,
            retry_at = now() + least(interval '5 minutes',
                                     interval '1 second'
                                     * power(2, least(c.attempts, 20))),
-           failed_at = CASE WHEN p_final OR c.attempts + 1 >= 10
+           failed_at = CASE WHEN p_final
+                              OR (p_count AND c.attempts + 1 >= 10)
                             THEN now() END,
            last_error = left(p_error, 1000)
      WHERE c.seq = p_seq

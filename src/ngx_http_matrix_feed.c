@@ -55,7 +55,10 @@ typedef struct {
     ngx_str_t                       seq;
     ngx_uint_t                      rows;
     ngx_msec_t                      pruned;        /* housekeeping, last */
+    ngx_str_t                       error;         /* of a failing change */
     unsigned                        busy:1;
+    unsigned                        failing:1;
+    unsigned                        count:1;       /* as an attempt */
     unsigned                        again:1;
     unsigned                        more:1;
 } ngx_http_matrix_feed_t;
@@ -87,8 +90,10 @@ static ngx_int_t ngx_http_matrix_feed_run(ngx_http_matrix_feed_t *f,
 static void ngx_http_matrix_feed_end(ngx_http_matrix_feed_t *f,
     ngx_uint_t more);
 static void ngx_http_matrix_feed_fail(ngx_http_matrix_feed_t *f,
-    const char *error);
+    const char *error, ngx_uint_t count);
+static void ngx_http_matrix_feed_rolled_back(ngx_http_matrix_pg_query_t *q);
 static void ngx_http_matrix_feed_recorded(ngx_http_matrix_pg_query_t *q);
+static ngx_uint_t ngx_http_matrix_feed_passing(const char *sqlstate);
 static void ngx_http_matrix_feed_housekeeping(ngx_http_matrix_feed_t *f);
 static void ngx_http_matrix_feed_pruned(ngx_http_matrix_pg_query_t *q);
 static ngx_int_t ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
@@ -118,8 +123,11 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_commit =
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_next =
     ngx_http_matrix_pg_stmt("SELECT matrix_feed_next($1)", 1);
 
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_rollback =
+    ngx_http_matrix_pg_stmt("ROLLBACK", 0);
+
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_failed =
-    ngx_http_matrix_pg_stmt("SELECT matrix_feed_failed($1, $2, $3)", 3);
+    ngx_http_matrix_pg_stmt("SELECT matrix_feed_failed($1, $2, $3, $4)", 4);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_prune =
     ngx_http_matrix_pg_stmt(
@@ -395,7 +403,7 @@ ngx_http_matrix_feed_claimed(ngx_http_matrix_pg_query_t *q)
         json_decref(doc);
         json_decref(mk.chain.records);
         free(mk.original_content);
-        ngx_http_matrix_feed_fail(f, "its events could not be made");
+        ngx_http_matrix_feed_fail(f, "its events could not be made", 1);
         return;
     }
 
@@ -408,9 +416,10 @@ ngx_http_matrix_feed_claimed(ngx_http_matrix_pg_query_t *q)
         values[1].data = (u_char *) mk.why;
         values[1].len = ngx_strlen(mk.why);
         ngx_str_set(&values[2], "t");
+        ngx_str_set(&values[3], "t");
 
         rc = ngx_http_matrix_feed_run(f, &ngx_http_matrix_feed_failed,
-                                      values, 3, ngx_http_matrix_feed_applied);
+                                      values, 4, ngx_http_matrix_feed_applied);
 
         json_decref(doc);
         json_decref(mk.chain.records);
@@ -541,18 +550,24 @@ ngx_http_matrix_feed_step(ngx_http_matrix_pg_query_t *q)
         if (q->status == NGX_HTTP_MATRIX_PG_UNAVAILABLE
             || q->status == NGX_HTTP_MATRIX_PG_LOST)
         {
-            /* the database, not the change */
+            /* the database, not the change: nothing can be written */
             ngx_http_matrix_feed_end(f, 0);
             return;
         }
 
-        why = q->result ? PQresultErrorField(q->result,
-                                             PG_DIAG_MESSAGE_PRIMARY)
-                        : NULL;
+        if (q->status == NGX_HTTP_MATRIX_PG_TIMEOUT || q->result == NULL) {
+            ngx_http_matrix_feed_fail(f,
+                                  ngx_http_matrix_pg_status_text(q->status),
+                                  0);
+            return;
+        }
 
-        ngx_http_matrix_feed_fail(f, why ? why
-                                     : ngx_http_matrix_pg_status_text(
-                                           q->status));
+        why = PQresultErrorField(q->result, PG_DIAG_MESSAGE_PRIMARY);
+
+        ngx_http_matrix_feed_fail(f, why ? why : "the statement failed",
+                                  !ngx_http_matrix_feed_passing(
+                                      PQresultErrorField(q->result,
+                                                         PG_DIAG_SQLSTATE)));
         return;
     }
 
@@ -577,6 +592,7 @@ ngx_http_matrix_feed_end(ngx_http_matrix_feed_t *f, ngx_uint_t more)
     f->pool = NULL;
     f->q = NULL;
     f->busy = 0;
+    f->failing = 0;
     f->seq.len = 0;
 
     if (!more) {
@@ -610,70 +626,68 @@ ngx_http_matrix_feed_end(ngx_http_matrix_feed_t *f, ngx_uint_t more)
 
 
 /*
- * The change's transaction failed: rolled back (the lease's release),
- * then the change's attempt counted on another connection, so that it
- * waits (matrix_feed_failed(): 1 s doubling to 5 min, given up on
- * after 10) and the other rooms' changes go on meanwhile.
+ * The change's transaction failed: rolled back, then, on the same
+ * connection, its attempt recorded (matrix_feed_failed(): it waits, 1 s
+ * doubling to 5 min, while the other rooms' changes go on).  An error of
+ * the change's own counts: given up on after 10; a passing one (a
+ * timeout, a deadlock, the server short of resources) does not.  So the
+ * next pass never finds it due before its wait is written.
  */
 
 static void
-ngx_http_matrix_feed_fail(ngx_http_matrix_feed_t *f, const char *error)
+ngx_http_matrix_feed_fail(ngx_http_matrix_feed_t *f, const char *error,
+    ngx_uint_t count)
 {
-    ngx_str_t                    values[3];
-    ngx_pool_t                  *pool;
-    ngx_http_matrix_pg_t        *pg;
-    ngx_http_matrix_pg_query_t  *q;
-
-    if (f->seq.len == 0) {
+    if (f->seq.len == 0 || f->failing) {
         ngx_http_matrix_feed_end(f, 0);
         return;
     }
 
-    pg = ngx_http_matrix_pg_of_cycle();
+    f->failing = 1;
+    f->count = count;
 
-    pool = ngx_create_pool(1024, f->log);
-    if (pool == NULL || pg == NULL) {
-        goto failed;
+    f->error.len = ngx_min(ngx_strlen(error), 1000);
+    f->error.data = ngx_pnalloc(f->pool, f->error.len);
+
+    if (f->error.data == NULL) {
+        ngx_http_matrix_feed_end(f, 0);
+        return;
     }
 
-    q = ngx_http_matrix_pg_query_create(pg, pool, f->log);
-    if (q == NULL) {
-        goto failed;
+    ngx_memcpy(f->error.data, error, f->error.len);
+
+    if (ngx_http_matrix_feed_run(f, &ngx_http_matrix_feed_rollback, NULL, 0,
+                                 ngx_http_matrix_feed_rolled_back)
+        != NGX_OK)
+    {
+        ngx_http_matrix_feed_end(f, 0);
     }
+}
+
+
+static void
+ngx_http_matrix_feed_rolled_back(ngx_http_matrix_pg_query_t *q)
+{
+    ngx_str_t                values[4];
+    ngx_http_matrix_feed_t  *f = q->data;
 
     values[0] = f->seq;
-    values[1].data = (u_char *) error;
-    values[1].len = ngx_strlen(error);
+    values[1] = f->error;
     ngx_str_set(&values[2], "f");
 
-    q->stmt = &ngx_http_matrix_feed_failed;
-    q->nparams = 3;
-    q->handler = ngx_http_matrix_feed_recorded;
-    q->data = f;
+    if (f->count) {
+        ngx_str_set(&values[3], "t");
 
-    /* the parameters are copied, before the pool of f->seq goes */
-    if (ngx_http_matrix_pg_param(q, 0, &values[0]) != NGX_OK
-        || ngx_http_matrix_pg_param(q, 1, &values[1]) != NGX_OK
-        || ngx_http_matrix_pg_param(q, 2, &values[2]) != NGX_OK)
+    } else {
+        ngx_str_set(&values[3], "f");
+    }
+
+    if (ngx_http_matrix_feed_run(f, &ngx_http_matrix_feed_failed, values, 4,
+                                 ngx_http_matrix_feed_recorded)
+        != NGX_OK)
     {
-        goto failed;
+        ngx_http_matrix_feed_end(f, 0);
     }
-
-    ngx_http_matrix_feed_end(f, 0);
-
-    if (ngx_http_matrix_pg_run(q) != NGX_OK) {
-        ngx_destroy_pool(pool);
-    }
-
-    return;
-
-failed:
-
-    if (pool) {
-        ngx_destroy_pool(pool);
-    }
-
-    ngx_http_matrix_feed_end(f, 0);
 }
 
 
@@ -681,30 +695,42 @@ static void
 ngx_http_matrix_feed_recorded(ngx_http_matrix_pg_query_t *q)
 {
     PGresult                *res;
-    ngx_pool_t              *pool;
     ngx_http_matrix_feed_t  *f;
 
     f = q->data;
     res = q->result;
-    pool = q->pool;
 
-    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
-        ngx_log_error(NGX_LOG_WARN, f->log, 0,
-                      "matrix feed: a failed change's attempt not "
-                      "counted: %s", ngx_http_matrix_pg_status_text(q->status));
-
-    } else {
-        if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't') {
-            ngx_log_error(NGX_LOG_ERR, f->log, 0,
-                          "matrix feed: a change failed 10 times, given up "
-                          "on (matrix.silo_changes, failed_at)");
-        }
-
-        /* the others go on at once */
-        ngx_http_matrix_feed_notify(f, NULL, NULL);
+    if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't') {
+        ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                      "matrix feed: change %V failed 10 times, given up "
+                      "on (matrix.silo_changes, failed_at)", &f->seq);
     }
 
-    ngx_destroy_pool(pool);
+    /* the others go on at once */
+    ngx_http_matrix_feed_end(f, 1);
+}
+
+
+/*
+ * SQLSTATEs of passing trouble, not of the change: serialization
+ * failures and deadlocks (class 40), a lock not had (55P03), a statement
+ * cancelled (57014) or the server shutting down (57P0x), resources
+ * short (class 53), the connection (class 08).
+ */
+
+static ngx_uint_t
+ngx_http_matrix_feed_passing(const char *sqlstate)
+{
+    if (sqlstate == NULL || ngx_strlen(sqlstate) != 5) {
+        return 0;
+    }
+
+    return ngx_strncmp(sqlstate, "40", 2) == 0
+           || ngx_strncmp(sqlstate, "53", 2) == 0
+           || ngx_strncmp(sqlstate, "08", 2) == 0
+           || ngx_strncmp(sqlstate, "57P0", 4) == 0
+           || ngx_strcmp(sqlstate, "55P03") == 0
+           || ngx_strcmp(sqlstate, "57014") == 0;
 }
 
 

@@ -111,6 +111,31 @@ is_deeply [grep { /^(poison 1|after the poison)$/ } received()],
 is $pg->psql(qq{SELECT count(*) FROM matrix.silo_changes
                 WHERE message_id IN ('$p1', '$a1', '$o1')}), 0, 'the changes are consumed';
 
+# --- passing trouble (a deadlock, say) waits without counting -------------------
+
+$pg->psql(q{
+CREATE FUNCTION public.stall() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM chat.messages m
+                WHERE m.id::text = NEW.silo_message_id
+                  AND m.source LIKE 'stalled%') THEN
+        RAISE EXCEPTION 'a deadlock, as it were' USING ERRCODE = '40P01';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER stall BEFORE INSERT ON matrix.events
+    FOR EACH ROW EXECUTE FUNCTION public.stall();
+});
+my $s1 = post(1, 'stalled 1');
+post(2, 'while one stalls');
+ok wait_for('while one stalls'), 'other rooms go on past a deadlocked change';
+for (1 .. 100) { $c = change_of($s1); last if $c =~ /deadlock/; sleep 0.1 }
+is $c, '0|false|a deadlock, as it were', 'it waits, its error kept, no attempt counted';
+$pg->psql('DROP TRIGGER stall ON matrix.events');
+$pg->psql(qq{UPDATE matrix.silo_changes SET retry_at = NULL WHERE message_id = '$s1'});
+ok wait_for('stalled 1'), 'then it goes';
+
 # --- 10 failures: given up on ---------------------------------------------------
 
 $pg->psql('CREATE TRIGGER poison BEFORE INSERT ON matrix.events
