@@ -23,6 +23,14 @@
  *   delete  (or deleted_at set): an m.room.redaction, kept whole, and
  *           the message's events marked redacted
  *
+ * and for a silo reaction (the reactions trigger, sql/010):
+ *
+ *   added   the author's join if needed, then an m.reaction annotating
+ *           the message's event, kept whole and recorded in
+ *           silo_reactions; one the module wrote for a Matrix user is
+ *           skipped, and one whose message no event mirrors given up on
+ *   removed (row deleted or removed_at set): the m.reaction's redaction
+ *
  * A change whose transaction fails is rolled back and tried again later
  * (sql/008_feed.sql), the other rooms' changes going on meanwhile; one
  * that cannot make events at all, or fails 10 times, is given up on and
@@ -70,6 +78,7 @@ typedef struct {
     const char                     *original_nid;  /* its content kept */
     char                           *original_content;
     const char                     *redact;        /* silo message ID */
+    const char                     *reaction;      /* silo reaction ID */
     char                            why[MX_ERR_LEN];  /* NGX_DECLINED */
 } ngx_http_matrix_feed_make_t;
 
@@ -105,9 +114,12 @@ static ngx_int_t ngx_http_matrix_feed_author(ngx_http_matrix_room_op_t *op,
 static ngx_int_t ngx_http_matrix_feed_edit(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *h, ngx_http_matrix_feed_make_t *mk,
     json_t *doc);
-static ngx_int_t ngx_http_matrix_feed_redact(ngx_http_matrix_room_op_t *op,
+static ngx_int_t ngx_http_matrix_feed_reaction(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *h, ngx_http_matrix_feed_make_t *mk,
     json_t *doc);
+static ngx_int_t ngx_http_matrix_feed_redact(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_head_t *h, ngx_http_matrix_feed_make_t *mk,
+    json_t *original);
 static ngx_int_t ngx_http_matrix_feed_declined(
     ngx_http_matrix_feed_make_t *mk, const char *why);
 static char *ngx_http_matrix_feed_original(ngx_http_matrix_room_op_t *op,
@@ -135,7 +147,7 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_prune =
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_feed_apply =
     ngx_http_matrix_pg_stmt(
-        "SELECT matrix_feed_apply($1, $2, $3, $4, $5, $6, $7)", 7);
+        "SELECT matrix_feed_apply($1, $2, $3, $4, $5, $6, $7, $8)", 8);
 
 
 /* per worker */
@@ -326,7 +338,7 @@ ngx_http_matrix_feed_claimed(ngx_http_matrix_pg_query_t *q)
     json_t                       *doc, *seq;
     mx_err_t                      err;
     ngx_int_t                     rc;
-    ngx_str_t                     values[7], room_id, nid;
+    ngx_str_t                     values[8], room_id, nid;
     PGresult                     *res;
     ngx_http_matrix_feed_t       *f;
     ngx_http_matrix_room_op_t    *op;
@@ -455,9 +467,11 @@ ngx_http_matrix_feed_claimed(ngx_http_matrix_pg_query_t *q)
                                         : 0;
     values[6].data = (u_char *) mk.redact;
     values[6].len = mk.redact ? ngx_strlen(mk.redact) : 0;
+    values[7].data = (u_char *) mk.reaction;
+    values[7].len = mk.reaction ? ngx_strlen(mk.reaction) : 0;
 
     /* the parameters are copied */
-    rc = ngx_http_matrix_feed_run(f, &ngx_http_matrix_feed_apply, values, 7,
+    rc = ngx_http_matrix_feed_run(f, &ngx_http_matrix_feed_apply, values, 8,
                                   ngx_http_matrix_feed_applied);
 
     free(text);
@@ -859,17 +873,21 @@ ngx_http_matrix_feed_make(ngx_http_matrix_feed_t *f,
     mk->chain.prev = h->prev_events;
     mk->chain.depth = h->depth - 1;
 
+    if (json_is_string(json_object_get(doc, "about"))) {
+        return ngx_http_matrix_feed_reaction(op, h, mk, doc);
+    }
+
     /* gone, or deleted: a redaction of what mirrors it */
 
     if (!json_is_object(msg) || json_is_true(json_object_get(msg, "deleted")))
     {
-        if (!json_is_object(original)
-            || !json_is_null(json_object_get(original, "redacted_by")))
-        {
-            return NGX_OK;
+        mk->redact = json_string_value(json_object_get(msg, "id"));
+        if (mk->redact == NULL) {
+            mk->redact = json_string_value(json_object_get(original,
+                                                           "silo_message_id"));
         }
 
-        return ngx_http_matrix_feed_redact(op, h, mk, doc);
+        return ngx_http_matrix_feed_redact(op, h, mk, original);
     }
 
     if (json_is_true(json_object_get(msg, "mine"))) {
@@ -1212,26 +1230,112 @@ unknown:
 }
 
 
-/* m.room.redaction of the message's first event */
+/*
+ * A silo user's reaction: an m.reaction annotating the event of the
+ * message (client-server-api.md, "Event annotations and reactions"),
+ * after the user's join if needed; once removed, the redaction of that
+ * m.reaction.  A reaction the module wrote for a Matrix user, or one
+ * sent already, makes nothing.
+ */
+
+static ngx_int_t
+ngx_http_matrix_feed_reaction(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_room_head_t *h, ngx_http_matrix_feed_make_t *mk,
+    json_t *doc)
+{
+    json_t      *x, *original, *content;
+    int64_t      ts;
+    const char  *key, *target, *user_id, *auth[3];
+    char         member[MX_EVENT_ID_LEN + 1];
+    char         event_id[MX_EVENT_ID_LEN + 1];
+
+    x = json_object_get(doc, "reaction");
+    original = json_object_get(doc, "original");
+
+    mk->reaction = json_string_value(json_object_get(doc, "reaction_id"));
+
+    if (!json_is_object(x) || json_is_true(json_object_get(x, "removed"))) {
+        return ngx_http_matrix_feed_redact(op, h, mk, original);
+    }
+
+    if (json_is_true(json_object_get(x, "mine")) || json_is_object(original))
+    {
+        /* a Matrix user's, written by the module; or sent already */
+        return NGX_OK;
+    }
+
+    key = json_string_value(json_object_get(x, "key"));
+    user_id = json_string_value(json_object_get(x, "user_id"));
+    target = json_string_value(json_object_get(x, "target"));
+    ts = json_integer_value(json_object_get(x, "ts"));
+
+    if (user_id == NULL) {
+        return ngx_http_matrix_feed_declined(mk,
+                   "the reaction's author is not in the users view");
+    }
+
+    if (key == NULL || key[0] == '\0') {
+        return ngx_http_matrix_feed_declined(mk, "the reaction has no key");
+    }
+
+    if (target == NULL) {
+        return ngx_http_matrix_feed_declined(mk,
+                   "no event mirrors the message it reacts to");
+    }
+
+    if (h->power_levels == NULL) {
+        return ngx_http_matrix_feed_declined(mk,
+                   "the room has no power levels");
+    }
+
+    if (ngx_http_matrix_feed_author(op, h, mk, x, user_id, ts, member)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    content = json_pack("{s:{s:s,s:s,s:s}}", "m.relates_to",
+                        "rel_type", "m.annotation", "event_id", target,
+                        "key", key);
+
+    auth[0] = h->create->event_id;
+    auth[1] = h->power_levels->event_id;
+    auth[2] = member;
+
+    return ngx_http_matrix_room_chain_event(op, &mk->chain, "m.reaction",
+                                            NULL, user_id, content, ts, auth,
+                                            3, 0, NULL, event_id);
+}
+
+
+/*
+ * m.room.redaction of the original, a message's first event or a
+ * reaction's, unless there is none or it is redacted already
+ */
 
 static ngx_int_t
 ngx_http_matrix_feed_redact(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_head_t *h, ngx_http_matrix_feed_make_t *mk,
-    json_t *doc)
+    json_t *original)
 {
-    json_t      *original, *content;
+    json_t      *content;
     ngx_str_t    id, creator;
     mx_event_t  *ev;
     const char  *sender, *target, *auth[3];
     char         event_id[MX_EVENT_ID_LEN + 1];
 
-    original = json_object_get(doc, "original");
+    if (!json_is_object(original)
+        || !json_is_null(json_object_get(original, "redacted_by")))
+    {
+        return NGX_OK;
+    }
+
     target = json_string_value(json_object_get(original, "event_id"));
     sender = json_string_value(json_object_get(original, "sender"));
 
     if (target == NULL || sender == NULL || h->power_levels == NULL) {
         return ngx_http_matrix_feed_declined(mk,
-                   "the deleted message's event is unknown");
+                   "the event to redact is unknown");
     }
 
     /* its author, if still joined, else this server's user */
@@ -1269,13 +1373,6 @@ ngx_http_matrix_feed_redact(ngx_http_matrix_room_op_t *op,
     auth[0] = h->create->event_id;
     auth[1] = h->power_levels->event_id;
     auth[2] = ev->event_id;
-
-    mk->redact = json_string_value(json_object_get(
-                                       json_object_get(doc, "message"), "id"));
-    if (mk->redact == NULL) {
-        mk->redact = json_string_value(json_object_get(original,
-                                                       "silo_message_id"));
-    }
 
     return ngx_http_matrix_room_chain_event(op, &mk->chain,
                                             "m.room.redaction", NULL, sender,

@@ -35,7 +35,7 @@ my $VERSIONS = join ',', map { "$_->[0]:$_->[1]" } @MIGRATIONS;
 my @TABLES = sort qw(events forward_extremities invites matrix_rooms
                 received_transactions room_state
                 schema_migrations server_key_json server_keys silo_changes
-                silo_localparts silo_outbox
+                silo_localparts silo_outbox silo_reactions
                 destinations federation_outbox federation_floor);
 
 my $pg = MatrixPg->start;
@@ -174,6 +174,10 @@ is(sql("SELECT proconfig::text FROM pg_proc WHERE proname = "
        . "'silo_change_trigger' AND pronamespace = 'matrix'::regnamespace"),
    '{search_path=matrix}',
    'the trigger function carries the search path of its schema');
+is(sql("SELECT prosecdef || ' ' || proconfig::text FROM pg_proc WHERE proname = "
+       . "'silo_reaction_trigger' AND pronamespace = 'matrix'::regnamespace"),
+   'true {search_path=matrix}',
+   'so does the reactions trigger function, SECURITY DEFINER');
 
 {
     my $before = sql('SELECT version, applied_at FROM matrix.schema_migrations');
@@ -397,6 +401,44 @@ is(sql(q{SELECT count(*) FROM matrix.silo_changes WHERE message_id = 'm3'})
        'a trigger with one argument says what it needs');
 }
 
+
+# the reactions trigger: the same properties, the change about a reaction
+
+{
+    sql(<<'SQL');
+CREATE TABLE chat.reactions (id int PRIMARY KEY, message_id text, key text);
+CREATE TRIGGER matrix_feed AFTER INSERT OR UPDATE OR DELETE ON chat.reactions
+    FOR EACH ROW EXECUTE FUNCTION
+    matrix.silo_reaction_trigger('id', 'message_id');
+GRANT ALL ON chat.reactions TO silo_app;
+SQL
+
+    my ($ok, undef, $err) = $pg->psql(<<'SQL', may_fail => 1);
+SET ROLE silo_app;
+SET search_path TO decoy, chat;
+INSERT INTO reactions VALUES (5, 'm9', 'ok');
+DELETE FROM reactions WHERE id = 5;
+SQL
+
+    my $got = sql(q{SELECT string_agg(kind || '|' || about || '|' || reaction_id
+                                      || '|' || message_id || '|'
+                                      || coalesce(room_id, '-'), ',' ORDER BY seq)
+                      FROM matrix.silo_changes WHERE about = 'reaction'});
+    ok($ok && $got eq 'insert|reaction|5|m9|-,delete|reaction|5|m9|-'
+       && sql('SELECT count(*) FROM decoy.silo_changes') eq '0',
+       'a reaction added and removed by a writer with no grants: two '
+       . 'changes about it, in matrix, their room not known yet')
+        or diag($err . $got);
+
+    sql('CREATE TABLE chat.bad_reactions (id int);'
+        . 'CREATE TRIGGER f AFTER INSERT ON chat.bad_reactions FOR EACH ROW '
+        . "EXECUTE FUNCTION matrix.silo_reaction_trigger('id')");
+
+    ($ok, undef, $err) = $pg->psql('INSERT INTO chat.bad_reactions VALUES (1)',
+                                   may_fail => 1);
+    ok(!$ok && $err =~ /silo_reaction_trigger\(id_column, message_column\)/,
+       'a reactions trigger with one argument says what it needs');
+}
 
 # NOTIFY reaches a listener on another connection, at the writer's commit
 

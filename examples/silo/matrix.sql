@@ -1,7 +1,8 @@
 -- The mapping of the example silo to Matrix: the file an operator writes
--- (docs/silo-contract.md).  Four views in the schema the module reads,
--- the indexes they need, a read-only role for the module, and the change
--- feed on the message table.  The silo's own tables are not changed.
+-- (docs/silo-contract.md).  Four views in the schema the module reads
+-- (and the optional fifth, reactions), the indexes they need, a read-only
+-- role for the module, and the change feed on the message and reaction
+-- tables.  The silo's own tables are not changed.
 --
 -- Run after the module's schema exists (matrix-tool migrate), as a role
 -- that owns chat.* (here: the database owner):
@@ -70,6 +71,19 @@ SELECT m.id::text                                        AS message_id,
        m.matrix_event_id
   FROM chat.messages m;
 
+-- Optional (the silo has reactions): every reaction, of local people and
+-- of Matrix users (the module wrote those: matrix_event_id set).  A
+-- removed one keeps its row, with removed_at.
+CREATE VIEW matrix_silo.reactions AS
+SELECT r.id::text          AS reaction_id,
+       r.message_id::text  AS message_id,
+       r.user_id::text     AS user_id,
+       r.key,
+       r.created_at,
+       r.removed_at,
+       r.event_id          AS matrix_event_id
+  FROM chat.reactions r;
+
 -- The module looks rows up by the views' text columns: "id::text = $1"
 -- cannot use a bigint primary key, so each cast gets its own index
 -- (the expressions must be written exactly as in the views).
@@ -82,6 +96,7 @@ CREATE INDEX matrix_members ON chat.memberships
 CREATE INDEX matrix_messages_id ON chat.messages ((id::text));
 CREATE INDEX matrix_messages_room ON chat.messages
     ((room_id::text), created_at);
+CREATE INDEX matrix_reactions_id ON chat.reactions ((id::text));
 -- localpart: chat.users.handle is UNIQUE already
 
 -- The module's role reads the views and nothing else of the silo.  In
@@ -108,5 +123,13 @@ CREATE TRIGGER matrix_feed
     AFTER INSERT OR UPDATE OR DELETE ON chat.messages
     FOR EACH ROW EXECUTE FUNCTION
     matrix.silo_change_trigger('id', 'room_id', 'source', 'html');
+
+-- And of reactions: each one added or removed becomes a change too.
+-- Arguments: the reaction id column and the message id column (the
+-- module finds the room through the message).
+CREATE TRIGGER matrix_feed
+    AFTER INSERT OR UPDATE OR DELETE ON chat.reactions
+    FOR EACH ROW EXECUTE FUNCTION
+    matrix.silo_reaction_trigger('id', 'message_id');
 
 COMMIT;

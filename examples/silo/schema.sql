@@ -105,19 +105,24 @@ CREATE TABLE chat.matrix_invites (
     invited_at      timestamptz NOT NULL
 );
 
--- reactions of Matrix users to messages, by Matrix event ID; a removed
+-- reactions to messages, of the silo's users and of Matrix users; a
+-- Matrix user's has the Matrix event ID it was written for.  A removed
 -- one keeps its row (removed_at), so that the same event again does not
--- bring it back
+-- bring it back.  A user reacts with a key once at a time (Matrix users
+-- excepted: their server decides).
 CREATE TABLE chat.reactions (
-    event_id        text PRIMARY KEY,
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        text UNIQUE,
     message_id      bigint NOT NULL REFERENCES chat.messages ON DELETE CASCADE,
     user_id         bigint NOT NULL REFERENCES chat.users,
     key             text NOT NULL,
-    created_at      timestamptz NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
     removed_at      timestamptz
 );
 
 CREATE INDEX ON chat.reactions (message_id);
+CREATE UNIQUE INDEX ON chat.reactions (message_id, user_id, key)
+    WHERE removed_at IS NULL AND event_id IS NULL;
 
 -- the silo users a message mentions
 CREATE TABLE chat.mentions (

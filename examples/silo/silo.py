@@ -539,6 +539,65 @@ class Silo:
         self.hub.publish(m["room_id"], "deletion", m["id"])
         return web.json_response({})
 
+    async def react(self, request):
+        """A reaction of the user to a message of a room they can see
+        (reacting joins a public room, as posting does); the same key
+        again is the same reaction."""
+        key = await self.reaction_key(request)
+        async with self.pool.acquire() as conn, conn.transaction():
+            u = await self.user(request, conn)
+            m = await self.seen_message(conn, u, request.match_info["message"])
+            await self.room_for(conn, u, str(m["room_id"]), write=True)
+            rid = await conn.fetchval(
+                """INSERT INTO chat.reactions (message_id, user_id, key)
+                   VALUES ($1, $2, $3)
+                   ON CONFLICT (message_id, user_id, key)
+                      WHERE removed_at IS NULL AND event_id IS NULL
+                   DO NOTHING RETURNING id""", m["id"], u["id"], key)
+            if rid is None:
+                rid = await conn.fetchval(
+                    """SELECT id FROM chat.reactions
+                        WHERE message_id = $1 AND user_id = $2 AND key = $3
+                          AND removed_at IS NULL AND event_id IS NULL""",
+                    m["id"], u["id"], key)
+        self.hub.publish(m["room_id"], "reaction", m["id"])
+        return web.json_response({"reaction_id": str(rid)})
+
+    async def unreact(self, request):
+        """The user's own reaction with that key taken back."""
+        key = await self.reaction_key(request)
+        async with self.pool.acquire() as conn, conn.transaction():
+            u = await self.user(request, conn)
+            m = await self.seen_message(conn, u, request.match_info["message"])
+            if await conn.fetchval(
+                    """UPDATE chat.reactions SET removed_at = now()
+                        WHERE message_id = $1 AND user_id = $2 AND key = $3
+                          AND removed_at IS NULL AND event_id IS NULL
+                    RETURNING id""", m["id"], u["id"], key) is None:
+                raise Refused(404, "no such reaction")
+        self.hub.publish(m["room_id"], "unreaction", m["id"])
+        return web.json_response({})
+
+    async def reaction_key(self, request):
+        key = field(await json_body(request), "key", str, maxlen=255)
+        if not key:
+            raise Refused(400, "empty 'key'")
+        return key
+
+    async def seen_message(self, conn, user, message_id):
+        """A message not deleted, in a room the user can see."""
+        m = await conn.fetchrow(
+            """SELECT m.id, m.room_id FROM chat.messages m
+                 JOIN chat.rooms r ON r.id = m.room_id
+                 LEFT JOIN chat.memberships ms
+                   ON ms.room_id = m.room_id AND ms.user_id = $2
+                WHERE m.id = $1 AND m.deleted_at IS NULL
+                  AND (r.visibility = 'public' OR ms.role IS NOT NULL)""",
+            silo_id(message_id, "message"), user["id"])
+        if m is None:
+            raise Refused(404, "no such message")
+        return m
+
     async def stream(self, request):
         """Server-sent events: one line of JSON per write in the room."""
         async with self.pool.acquire() as conn:
@@ -991,6 +1050,8 @@ USER_ROUTES = """
     POST    /api/rooms/{room}/read       read
     PATCH   /api/messages/{message}      edit
     DELETE  /api/messages/{message}      delete
+    POST    /api/messages/{message}/reactions   react
+    DELETE  /api/messages/{message}/reactions   unreact
 """
 
 

@@ -19,6 +19,8 @@ package MatrixRoomTest;
 #   my ($pdu, $id) = $t->event(room_id => ..., sender => ..., content => ...,
 #                              auth => [...]);               # signed, at the head
 #   my ($status, $json) = $t->send_txn(\@pdus, edus => [...], as => 'remote.test');
+#   my @pdus = $t->wait_pdus(sub { $_[0]{type} eq 'm.reaction' });  # sent to the fake
+#   my ($status, $json) = $t->silo_call('POST', '/login', \%body [, $token]);
 #   $t->pg, $t->fake, $t->dns, $t->ngx, $t->spec, $t->verify_keys
 #
 # The caller checks availability first: MatrixRoomTest::skip_reason().
@@ -240,6 +242,38 @@ sub send_txn {
     return $self->fed('PUT', '/_matrix/federation/v1/send/txn' . ++$txn_n . "-$$", {
         origin => $as, origin_server_ts => int(Time::HiRes::time() * 1000),
         pdus => $pdus, $o{edus} ? (edus => $o{edus}) : () }, $as);
+}
+
+# the PDUs of the transactions the fake server answered 200, in order
+sub sent_pdus {
+    my ($self) = @_;
+    return map { @{ $_->{json}{pdus} || [] } }
+           grep { ($_->{status} // 0) == 200 }
+           $self->{fake}->requests(method => 'PUT',
+                                   path => '/_matrix/federation/v1/send/');
+}
+
+# those of them COND is true of, once there are any (SECS, 15 s, at most)
+sub wait_pdus {
+    my ($self, $cond, $secs) = @_;
+    my @p;
+    for (1 .. ($secs // 15) * 10) {
+        @p = grep { $cond->($_) } $self->sent_pdus;
+        return @p if @p;
+        sleep 0.1;
+    }
+    return @p;
+}
+
+# METHOD PATH [BODY [TOKEN]] of the silo's user API (/api): (status, JSON)
+sub silo_call {
+    my ($self, $method, $path, $body, $token) = @_;
+    my $r = HTTP::Tiny->new(timeout => 10)->request($method,
+        "http://127.0.0.1:$self->{silo_port}/api$path",
+        { defined $body ? (content => encode_json($body)) : (),
+          headers => { 'Content-Type' => 'application/json',
+                       $token ? (Authorization => "Bearer $token") : () } });
+    return ($r->{status}, eval { decode_json($r->{content}) });
 }
 
 sub DESTROY {
