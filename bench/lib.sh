@@ -56,9 +56,10 @@ bench_pg_stop() {
 
 # on a copy of the module: "make" elsewhere in this checkout replaces
 # build/ngx_http_matrix_module.so, and a worker must keep what it mapped
+# (BENCH_MODULE: another build's, to compare)
 bench_nginx_prepare() {
     mkdir -p $1/logs
-    cp build/ngx_http_matrix_module.so $1/
+    cp ${BENCH_MODULE:-build/ngx_http_matrix_module.so} $1/ngx_http_matrix_module.so
     build/matrix-tool keygen $1/signing.key >/dev/null
 }
 

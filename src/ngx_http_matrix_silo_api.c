@@ -3,18 +3,25 @@
  * internal API (docs/silo-contract.md, "Writes"), from the durable queue
  * silo_outbox that the event's own transaction filled.
  *
- * Each worker runs a delivery pass every second, and at once when it
- * has just queued something: it claims the first due row of each room
- * (FOR UPDATE SKIP LOCKED, then leased for 10 min by moving its next
- * attempt, so that workers and nginx nodes never send one row, or two
- * rows of one room, at the same time), sends them one by one, and then
- * deletes each row the silo answered (2xx: done; 4xx: refused for good,
- * logged) or moves its next attempt back (5xx, no answer, and the 4xx
- * that say "not now": 401, 408, 429: 1 s doubling to 5 min).  A room's
- * later writes wait behind its first, so the silo sees them in order.
- * A worker that dies mid-pass leaves its rows leased; they are due again
- * when the lease ends.  The silo's writes are idempotent by event ID, so
- * a row sent twice (an answer lost) does no harm.
+ * A room's writes go to the silo one at a time, in order; different
+ * rooms' side by side.  Each worker has NGX_HTTP_MATRIX_SILO_LANES lanes,
+ * a room each.  A claim (every second, at once when something was just
+ * queued, and whenever a lane frees) takes, for its free lanes, the runs
+ * of rooms whose first write is due: up to NGX_HTTP_MATRIX_SILO_RUN of a
+ * room's writes, leased together for 10 min (matrix_silo_claim(),
+ * sql/011_silo_delivery.sql: the head locked SKIP LOCKED, then its lease
+ * moved, so that workers and nginx nodes never hold one room at once),
+ * without reading the whole queue.  A lane sends its run one write after
+ * the other, each once the one before is answered: 2xx done; 4xx refused
+ * for good, logged, done too; 5xx, no answer, and the 4xx that say "not
+ * now" (401, 408, 429) stop the run: that write waits (1 s doubling to
+ * 5 min), the rest of the run are given back unsent, behind it.  The end
+ * of a run is one statement (matrix_silo_settle()): the rows done go,
+ * the failed one and the rest are set as above.  A worker that dies, or
+ * a settle that fails, mid-run leaves the run leased, answered rows
+ * included: when the lease ends they are sent again from the room's
+ * first, in order; the silo's writes are idempotent by event ID, so a
+ * row sent twice in turn does no harm, and never twice at once.
  */
 
 
@@ -26,10 +33,15 @@
 
 
 #define NGX_HTTP_MATRIX_SILO_PERIOD     1000
-#define NGX_HTTP_MATRIX_SILO_BATCH      16
-#define NGX_HTTP_MATRIX_SILO_LEASE      600000    /* a pass, timeouts
+#define NGX_HTTP_MATRIX_SILO_LANES      16        /* rooms at once */
+#define NGX_HTTP_MATRIX_SILO_RUN        32        /* a room's writes per
+                                                     claim */
+#define NGX_HTTP_MATRIX_SILO_LEASE      600000    /* a run, timeouts
                                                      included */
 #define NGX_HTTP_MATRIX_SILO_BACKOFF    300000    /* the longest wait */
+
+
+typedef struct ngx_http_matrix_silo_api_s  ngx_http_matrix_silo_api_t;
 
 
 typedef struct {
@@ -46,35 +58,56 @@ typedef struct {
 } ngx_http_matrix_silo_row_t;
 
 
+/* a room's run, sent in order */
+
 typedef struct {
-    ngx_event_t                     timer;
-    ngx_pool_t                     *pool;         /* of the pass */
+    ngx_http_matrix_silo_api_t     *sa;
+    ngx_pool_t                     *pool;         /* of the run; NULL: the
+                                                     lane is free */
     ngx_http_matrix_pg_query_t     *q;
     ngx_http_matrix_silo_row_t     *rows;
     ngx_uint_t                      nrows;
-    ngx_uint_t                      next;
+    ngx_uint_t                      next;         /* those before: done */
+} ngx_http_matrix_silo_lane_t;
+
+
+struct ngx_http_matrix_silo_api_s {
+    ngx_event_t                     timer;
+    ngx_pool_t                     *pool;         /* of a claim */
+    ngx_http_matrix_pg_query_t     *q;
+    ngx_uint_t                      asked;        /* runs, by the claim */
+    ngx_uint_t                      busy;         /* lanes with a run */
     ngx_log_t                      *log;
     ngx_str_t                       server_name;  /* whose users a message
                                                      may mention */
-    unsigned                        busy:1;
+    ngx_http_matrix_silo_lane_t     lanes[NGX_HTTP_MATRIX_SILO_LANES];
+    unsigned                        claiming:1;
     unsigned                        again:1;
-} ngx_http_matrix_silo_api_t;
+};
 
 
+static void ngx_http_matrix_silo_schedule(ngx_http_matrix_silo_api_t *sa,
+    ngx_msec_t delay);
 static void ngx_http_matrix_silo_tick(ngx_event_t *ev);
 static void ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q);
-static void ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa);
-static ngx_int_t ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
+static ngx_int_t ngx_http_matrix_silo_lane_start(
+    ngx_http_matrix_silo_api_t *sa, PGresult *res, int first, int n);
+static void ngx_http_matrix_silo_claim_end(ngx_http_matrix_silo_api_t *sa,
+    ngx_uint_t runs);
+static void ngx_http_matrix_silo_send(ngx_http_matrix_silo_lane_t *lane);
+static ngx_int_t ngx_http_matrix_silo_write(ngx_http_matrix_silo_lane_t *lane,
     ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr);
 static json_t *ngx_http_matrix_silo_message(ngx_http_matrix_silo_row_t *row,
     json_t *pdu, ngx_str_t *path, ngx_uint_t *quiet);
 static json_t *ngx_http_matrix_silo_reaction(ngx_http_matrix_silo_row_t *row,
     json_t *pdu, json_t *ctx, json_t *sender, ngx_str_t *path);
 static void ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr);
-static void ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa,
-    ngx_uint_t done, ngx_str_t *why);
+static void ngx_http_matrix_silo_settle(ngx_http_matrix_silo_lane_t *lane,
+    ngx_str_t *failed);
+static ngx_int_t ngx_http_matrix_silo_seqs(ngx_http_matrix_silo_lane_t *lane,
+    ngx_uint_t from, ngx_uint_t to, ngx_str_t *list);
 static void ngx_http_matrix_silo_settled(ngx_http_matrix_pg_query_t *q);
-static void ngx_http_matrix_silo_pass_end(ngx_http_matrix_silo_api_t *sa);
+static void ngx_http_matrix_silo_lane_end(ngx_http_matrix_silo_lane_t *lane);
 
 
 /* per worker */
@@ -82,30 +115,18 @@ static ngx_http_matrix_silo_api_t  *ngx_http_matrix_silo;
 
 
 /*
- * The due rows, leased, at most the first of each room (a room's writes
- * go in order: while its first is leased or waiting to be retried, the
- * rest wait; invites have no room and wait for nothing); with each, what
- * its write needs: the event, the
- * silo's room (of a membership), the silo's user (of an invite: the
- * users view by the invitee's localpart) and the room's name as the
- * inviting server described it; of a message, edit, deletion or
+ * The runs claimed, each in order, with what each write needs: the
+ * event, the silo's room (of a membership), the silo's user (of an
+ * invite: the users view by the invitee's localpart) and the room's name
+ * as the inviting server described it; of a message, edit, deletion or
  * reaction, its sender's display name, the silo messages its relations
  * name and the silo users it mentions (matrix_outbox_context()).
  */
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
     ngx_http_matrix_pg_stmt(
-        "WITH h AS (SELECT DISTINCT ON (coalesce(room_nid, -seq)) seq, "
-        "next_attempt_ts FROM silo_outbox "
-        "ORDER BY coalesce(room_nid, -seq), seq), "
-        "c AS (UPDATE silo_outbox o "
-        "SET next_attempt_ts = $1::bigint + $3, attempts = o.attempts + 1 "
-        "WHERE o.seq IN (SELECT seq FROM silo_outbox "
-        "WHERE seq IN (SELECT seq FROM h WHERE next_attempt_ts <= $1) "
-        "AND next_attempt_ts <= $1 "
-        "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) "
-        "RETURNING o.*) "
-        "SELECT c.seq, c.attempts, c.kind, "
+        "WITH c AS (SELECT * FROM matrix_silo_claim($1, $2, $3, $4)) "
+        "SELECT c.seq, c.head, c.attempts, c.kind, "
         "coalesce((SELECT r.silo_room_id FROM matrix_rooms r "
         "WHERE r.room_nid = c.room_nid), i.room_id), "
         "coalesce((SELECT e.pdu FROM events e "
@@ -117,23 +138,20 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_claim =
         "WHERE s ->> 'type' = 'm.room.name' LIMIT 1), "
         "CASE WHEN c.kind IN ('message', 'edit', 'deletion', 'reaction') "
         "THEN matrix_outbox_context(c.room_nid, (SELECT e.pdu FROM events e "
-        "WHERE e.event_id = c.event_id), $4)::text END "
+        "WHERE e.event_id = c.event_id), $5)::text END "
         "FROM c LEFT JOIN invites i ON c.kind = 'invite' "
-        "AND i.event_id = c.event_id ORDER BY c.seq", 4);
+        "AND i.event_id = c.event_id ORDER BY c.head, c.seq", 5);
 
-static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_done =
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_end =
     ngx_http_matrix_pg_stmt(
-        "DELETE FROM silo_outbox WHERE seq = $1", 1);
-
-static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_silo_retry =
-    ngx_http_matrix_pg_stmt(
-        "UPDATE silo_outbox SET next_attempt_ts = $2, last_error = $3 "
-        "WHERE seq = $1", 3);
+        "SELECT matrix_silo_settle($1::bigint[], $2::bigint, $3::bigint, "
+        "$4, $5::bigint[])", 5);
 
 
 ngx_int_t
 ngx_http_matrix_silo_api_init_process(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                    i;
     ngx_http_matrix_silo_api_t   *sa;
     ngx_http_matrix_srv_conf_t   *mscf;
     ngx_http_matrix_main_conf_t  *mmcf;
@@ -150,6 +168,10 @@ ngx_http_matrix_silo_api_init_process(ngx_cycle_t *cycle)
     }
 
     sa->log = cycle->log;
+
+    for (i = 0; i < NGX_HTTP_MATRIX_SILO_LANES; i++) {
+        sa->lanes[i].sa = sa;
+    }
 
     mscf = ngx_http_matrix_background_srv_conf(cycle);
     if (mscf != NULL) {
@@ -180,8 +202,20 @@ ngx_http_matrix_silo_api_kick(void)
         return;
     }
 
-    if (sa->busy) {
+    if (sa->claiming) {
         sa->again = 1;
+        return;
+    }
+
+    ngx_http_matrix_silo_schedule(sa, 1);
+}
+
+
+static void
+ngx_http_matrix_silo_schedule(ngx_http_matrix_silo_api_t *sa,
+    ngx_msec_t delay)
+{
+    if (ngx_exiting || ngx_terminate) {
         return;
     }
 
@@ -189,23 +223,31 @@ ngx_http_matrix_silo_api_kick(void)
         ngx_del_timer(&sa->timer);
     }
 
-    ngx_add_timer(&sa->timer, 1);
+    ngx_add_timer(&sa->timer, delay);
 }
 
 
 static void
 ngx_http_matrix_silo_tick(ngx_event_t *ev)
 {
-    ngx_str_t                    values[4];
+    ngx_str_t                    values[5];
     u_char                       now[NGX_INT64_LEN + 1];
-    u_char                       batch[NGX_INT_T_LEN + 1];
+    u_char                       runs[NGX_INT_T_LEN + 1];
+    u_char                       run[NGX_INT_T_LEN + 1];
     u_char                       lease[NGX_INT_T_LEN + 1];
+    ngx_uint_t                   i;
     ngx_http_matrix_pg_t        *pg;
     ngx_http_matrix_silo_api_t  *sa;
 
     sa = ev->data;
 
-    if (ngx_exiting || ngx_terminate || sa->busy) {
+    if (ngx_exiting || ngx_terminate || sa->claiming) {
+        return;
+    }
+
+    if (sa->busy == NGX_HTTP_MATRIX_SILO_LANES) {
+        /* the first lane to free claims again */
+        ngx_http_matrix_silo_schedule(sa, NGX_HTTP_MATRIX_SILO_PERIOD);
         return;
     }
 
@@ -216,7 +258,8 @@ ngx_http_matrix_silo_tick(ngx_event_t *ev)
 
     sa->pool = ngx_create_pool(4096, sa->log);
     if (sa->pool == NULL) {
-        goto later;
+        ngx_http_matrix_silo_schedule(sa, NGX_HTTP_MATRIX_SILO_PERIOD);
+        return;
     }
 
     sa->q = ngx_http_matrix_pg_query_create(pg, sa->pool, sa->log);
@@ -224,32 +267,35 @@ ngx_http_matrix_silo_tick(ngx_event_t *ev)
         goto failed;
     }
 
+    sa->asked = NGX_HTTP_MATRIX_SILO_LANES - sa->busy;
+
     values[0].data = now;
     values[0].len = ngx_sprintf(now, "%L", ngx_http_matrix_now_ms()) - now;
-    values[1].data = batch;
-    values[1].len = ngx_sprintf(batch, "%d", NGX_HTTP_MATRIX_SILO_BATCH)
-                    - batch;
-    values[2].data = lease;
-    values[2].len = ngx_sprintf(lease, "%d", NGX_HTTP_MATRIX_SILO_LEASE)
+    values[1].data = runs;
+    values[1].len = ngx_sprintf(runs, "%ui", sa->asked) - runs;
+    values[2].data = run;
+    values[2].len = ngx_sprintf(run, "%d", NGX_HTTP_MATRIX_SILO_RUN) - run;
+    values[3].data = lease;
+    values[3].len = ngx_sprintf(lease, "%d", NGX_HTTP_MATRIX_SILO_LEASE)
                     - lease;
-
-    values[3] = sa->server_name;
+    values[4] = sa->server_name;
 
     sa->q->stmt = &ngx_http_matrix_silo_claim;
-    sa->q->nparams = 4;
+    sa->q->nparams = 5;
     sa->q->handler = ngx_http_matrix_silo_claimed;
     sa->q->data = sa;
 
-    if (ngx_http_matrix_pg_param(sa->q, 0, &values[0]) != NGX_OK
-        || ngx_http_matrix_pg_param(sa->q, 1, &values[1]) != NGX_OK
-        || ngx_http_matrix_pg_param(sa->q, 2, &values[2]) != NGX_OK
-        || ngx_http_matrix_pg_param(sa->q, 3, &values[3]) != NGX_OK
-        || ngx_http_matrix_pg_run(sa->q) != NGX_OK)
-    {
+    for (i = 0; i < 5; i++) {
+        if (ngx_http_matrix_pg_param(sa->q, i, &values[i]) != NGX_OK) {
+            goto failed;
+        }
+    }
+
+    if (ngx_http_matrix_pg_run(sa->q) != NGX_OK) {
         goto failed;
     }
 
-    sa->busy = 1;
+    sa->claiming = 1;
     sa->again = 0;
 
     return;
@@ -258,10 +304,56 @@ failed:
 
     ngx_destroy_pool(sa->pool);
     sa->pool = NULL;
+    sa->q = NULL;
 
-later:
+    ngx_http_matrix_silo_schedule(sa, NGX_HTTP_MATRIX_SILO_PERIOD);
+}
 
-    ngx_add_timer(&sa->timer, NGX_HTTP_MATRIX_SILO_PERIOD);
+
+static void
+ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
+{
+    int                          row, first, n;
+    PGresult                    *res;
+    ngx_uint_t                   runs;
+    ngx_http_matrix_silo_api_t  *sa;
+
+    sa = q->data;
+
+    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
+        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+                      "matrix silo api: cannot read the outbox: %s%s%V",
+                      ngx_http_matrix_pg_status_text(q->status),
+                      q->error.len ? ": " : "", &q->error);
+        ngx_http_matrix_silo_claim_end(sa, 0);
+        return;
+    }
+
+    res = q->result;
+    n = PQntuples(res);
+    runs = 0;
+
+    /* by run (its head's seq), each in order */
+
+    for (first = 0; first < n; first = row) {
+        for (row = first + 1; row < n; row++) {
+            if (ngx_strcmp(PQgetvalue(res, row, 1),
+                           PQgetvalue(res, first, 1)) != 0)
+            {
+                break;
+            }
+        }
+
+        runs++;
+
+        /*
+         * a run that cannot be started stays leased: it is due again,
+         * whole and in order, when its lease ends
+         */
+        (void) ngx_http_matrix_silo_lane_start(sa, res, first, row - first);
+    }
+
+    ngx_http_matrix_silo_claim_end(sa, runs);
 }
 
 
@@ -274,46 +366,61 @@ later:
     }
 
 
-static void
-ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
+static ngx_int_t
+ngx_http_matrix_silo_lane_start(ngx_http_matrix_silo_api_t *sa,
+    PGresult *res, int first, int n)
 {
-    int                          row, n;
-    PGresult                    *res;
-    ngx_http_matrix_silo_row_t  *r;
-    ngx_http_matrix_silo_api_t  *sa;
+    int                           i;
+    ngx_uint_t                    l;
+    ngx_http_matrix_pg_t         *pg;
+    ngx_http_matrix_silo_row_t   *r;
+    ngx_http_matrix_silo_lane_t  *lane;
 
-    sa = q->data;
+    lane = NULL;
 
-    if (q->status != NGX_HTTP_MATRIX_PG_OK) {
-        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
-                      "matrix silo api: cannot read the outbox: %s%s%V",
-                      ngx_http_matrix_pg_status_text(q->status),
-                      q->error.len ? ": " : "", &q->error);
-        ngx_http_matrix_silo_pass_end(sa);
-        return;
+    for (l = 0; l < NGX_HTTP_MATRIX_SILO_LANES; l++) {
+        if (sa->lanes[l].pool == NULL) {
+            lane = &sa->lanes[l];
+            break;
+        }
     }
 
-    res = q->result;
-    n = PQntuples(res);
+    pg = ngx_http_matrix_pg_of_cycle();
 
-    sa->rows = ngx_pcalloc(sa->pool, (n + 1) * sizeof(*sa->rows));
-    if (sa->rows == NULL) {
-        ngx_http_matrix_silo_pass_end(sa);
-        return;
+    if (lane == NULL || pg == NULL) {
+        return NGX_ERROR;
     }
 
-    for (row = 0; row < n; row++) {
-        r = &sa->rows[row];
+    lane->pool = ngx_create_pool(4096, sa->log);
+    if (lane->pool == NULL) {
+        return NGX_ERROR;
+    }
 
-        ngx_http_matrix_silo_copy(sa->pool, &r->nid, res, row, 0);
-        ngx_http_matrix_silo_copy(sa->pool, &r->attempts, res, row, 1);
-        ngx_http_matrix_silo_copy(sa->pool, &r->kind, res, row, 2);
-        ngx_http_matrix_silo_copy(sa->pool, &r->silo_room_id, res, row, 3);
-        ngx_http_matrix_silo_copy(sa->pool, &r->pdu, res, row, 4);
-        ngx_http_matrix_silo_copy(sa->pool, &r->event_id, res, row, 5);
-        ngx_http_matrix_silo_copy(sa->pool, &r->silo_user_id, res, row, 6);
-        ngx_http_matrix_silo_copy(sa->pool, &r->room_name, res, row, 7);
-        ngx_http_matrix_silo_copy(sa->pool, &r->context, res, row, 8);
+    lane->q = ngx_http_matrix_pg_query_create(pg, lane->pool, sa->log);
+    lane->rows = ngx_pcalloc(lane->pool, n * sizeof(*lane->rows));
+
+    if (lane->q == NULL || lane->rows == NULL) {
+        goto failed;
+    }
+
+    for (i = 0; i < n; i++) {
+        r = &lane->rows[i];
+
+        ngx_http_matrix_silo_copy(lane->pool, &r->nid, res, first + i, 0);
+        ngx_http_matrix_silo_copy(lane->pool, &r->attempts, res, first + i,
+                                  2);
+        ngx_http_matrix_silo_copy(lane->pool, &r->kind, res, first + i, 3);
+        ngx_http_matrix_silo_copy(lane->pool, &r->silo_room_id, res,
+                                  first + i, 4);
+        ngx_http_matrix_silo_copy(lane->pool, &r->pdu, res, first + i, 5);
+        ngx_http_matrix_silo_copy(lane->pool, &r->event_id, res, first + i,
+                                  6);
+        ngx_http_matrix_silo_copy(lane->pool, &r->silo_user_id, res,
+                                  first + i, 7);
+        ngx_http_matrix_silo_copy(lane->pool, &r->room_name, res, first + i,
+                                  8);
+        ngx_http_matrix_silo_copy(lane->pool, &r->context, res, first + i,
+                                  9);
 
         if (r->nid.data == NULL || r->attempts.data == NULL
             || r->kind.data == NULL || r->silo_room_id.data == NULL
@@ -321,77 +428,106 @@ ngx_http_matrix_silo_claimed(ngx_http_matrix_pg_query_t *q)
             || r->silo_user_id.data == NULL || r->room_name.data == NULL
             || r->context.data == NULL)
         {
-            ngx_http_matrix_silo_pass_end(sa);
-            return;
+            goto failed;
         }
     }
 
-    /* the order they were accepted in */
+    lane->nrows = n;
+    lane->next = 0;
+    sa->busy++;
 
-    sa->nrows = n;
-    sa->next = 0;
+    ngx_http_matrix_silo_send(lane);
 
-    /*
-     * A pass takes the first write of each room only: when it had any,
-     * the next pass follows at once with the rooms' next ones, so that a
-     * burst reaches the silo at the silo's pace, not one a second.
-     */
+    return NGX_OK;
 
-    if (n > 0) {
-        sa->again = 1;
-    }
+failed:
 
-    ngx_http_matrix_silo_send(sa);
+    ngx_destroy_pool(lane->pool);
+    lane->pool = NULL;
+    lane->q = NULL;
+    lane->rows = NULL;
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * After a claim: at once again while more may be due (it took as many
+ * runs as it asked for, or something was queued meanwhile) and a lane is
+ * free; else in a second, or when a lane frees.
+ */
+
+static void
+ngx_http_matrix_silo_claim_end(ngx_http_matrix_silo_api_t *sa,
+    ngx_uint_t runs)
+{
+    ngx_pool_t  *pool;
+
+    pool = sa->pool;
+    sa->pool = NULL;
+    sa->q = NULL;
+    sa->claiming = 0;
+
+    ngx_http_matrix_silo_schedule(sa,
+        ((runs && runs == sa->asked) || sa->again)
+        && sa->busy < NGX_HTTP_MATRIX_SILO_LANES
+        ? 1 : NGX_HTTP_MATRIX_SILO_PERIOD);
+
+    /* last: we may be in a call of one of its objects */
+    ngx_destroy_pool(pool);
 }
 
 
 static void
-ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
+ngx_http_matrix_silo_send(ngx_http_matrix_silo_lane_t *lane)
 {
     ngx_int_t                     rc;
     ngx_str_t                     why;
     ngx_http_matrix_silo_row_t   *row;
     ngx_http_matrix_http_req_t   *hr;
 
-    if (sa->next == sa->nrows) {
-        ngx_http_matrix_silo_pass_end(sa);
-        return;
-    }
+    for ( ;; ) {
+        if (lane->next == lane->nrows) {
+            ngx_http_matrix_silo_settle(lane, NULL);
+            return;
+        }
 
-    row = &sa->rows[sa->next];
+        row = &lane->rows[lane->next];
 
-    hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle, sa->pool,
-                                     sa->log);
-    if (hr == NULL) {
-        ngx_http_matrix_silo_pass_end(sa);
-        return;
-    }
+        hr = ngx_http_matrix_http_create((ngx_cycle_t *) ngx_cycle,
+                                         lane->pool, lane->sa->log);
+        if (hr == NULL) {
+            ngx_str_set(&why, "cannot make the request");
+            ngx_http_matrix_silo_settle(lane, &why);
+            return;
+        }
 
-    rc = ngx_http_matrix_silo_write(sa, row, hr);
+        rc = ngx_http_matrix_silo_write(lane, row, hr);
 
-    if (rc == NGX_DECLINED) {
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sa->log, 0,
-                       "matrix silo api: %V of event \"%V\" names no silo "
-                       "message: dropped", &row->kind, &row->event_id);
-        ngx_str_set(&why, "names no silo message");
-        ngx_http_matrix_silo_settle(sa, 1, &why);
-        return;
-    }
+        if (rc == NGX_OK) {
+            break;
+        }
 
-    if (rc != NGX_OK) {
-        /* what cannot be written will not be later either */
-        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
-                      "matrix silo api: %V of event \"%V\" cannot be "
-                      "written to the silo (no such user?): dropped",
-                      &row->kind, &row->event_id);
-        ngx_str_set(&why, "cannot be written to the silo");
-        ngx_http_matrix_silo_settle(sa, 1, &why);
-        return;
+        if (rc == NGX_DECLINED) {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, lane->sa->log, 0,
+                           "matrix silo api: %V of event \"%V\" names no "
+                           "silo message: dropped",
+                           &row->kind, &row->event_id);
+
+        } else {
+            /* what cannot be written will not be later either */
+            ngx_log_error(NGX_LOG_WARN, lane->sa->log, 0,
+                          "matrix silo api: %V of event \"%V\" cannot be "
+                          "written to the silo (no such user?): dropped",
+                          &row->kind, &row->event_id);
+        }
+
+        lane->next++;
     }
 
     if (ngx_http_matrix_http_send(hr) != NGX_OK) {
         ngx_str_set(&why, "cannot send the request");
-        ngx_http_matrix_silo_settle(sa, 0, &why);
+        ngx_http_matrix_silo_settle(lane, &why);
     }
 }
 
@@ -408,7 +544,7 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_api_t *sa)
  */
 
 static ngx_int_t
-ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
+ngx_http_matrix_silo_write(ngx_http_matrix_silo_lane_t *lane,
     ngx_http_matrix_silo_row_t *row, ngx_http_matrix_http_req_t *hr)
 {
     json_t                       *pdu, *body, *content;
@@ -492,7 +628,7 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
         return quiet ? NGX_DECLINED : NGX_ERROR;
     }
 
-    rc = ngx_http_matrix_silo_request(hr, sa->pool, &path, &row->event_id,
+    rc = ngx_http_matrix_silo_request(hr, lane->pool, &path, &row->event_id,
                                       body);
     json_decref(body);
 
@@ -501,7 +637,7 @@ ngx_http_matrix_silo_write(ngx_http_matrix_silo_api_t *sa,
     }
 
     hr->handler = ngx_http_matrix_silo_answered;
-    hr->data = sa;
+    hr->data = lane;
 
     return NGX_OK;
 }
@@ -774,22 +910,24 @@ ngx_http_matrix_silo_supports(ngx_uint_t writes)
 }
 
 
+
+
 static void
 ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr)
 {
-    ngx_str_t                    why;
-    ngx_http_matrix_silo_api_t  *sa;
-    ngx_http_matrix_silo_row_t  *row;
-    u_char                       buf[200];
+    ngx_str_t                     why;
+    ngx_http_matrix_silo_row_t   *row;
+    ngx_http_matrix_silo_lane_t  *lane;
+    u_char                        buf[200];
 
-    sa = hr->data;
-    row = &sa->rows[sa->next];
+    lane = hr->data;
+    row = &lane->rows[lane->next];
 
     if (hr->status >= 200 && hr->status < 300) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sa->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, lane->sa->log, 0,
                        "matrix silo api: event %V written", &row->nid);
-        ngx_str_null(&why);
-        ngx_http_matrix_silo_settle(sa, 1, &why);
+        lane->next++;
+        ngx_http_matrix_silo_send(lane);
         return;
     }
 
@@ -798,14 +936,12 @@ ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr)
         && hr->status != NGX_HTTP_REQUEST_TIME_OUT
         && hr->status != 429)
     {
-        ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+        ngx_log_error(NGX_LOG_WARN, lane->sa->log, 0,
                       "matrix silo api: the silo refused %V of event %V "
                       "(%ui): %V", &row->kind, &row->nid, hr->status,
                       &hr->response);
-        why.data = buf;
-        why.len = ngx_snprintf(buf, sizeof(buf), "refused: %ui", hr->status)
-                  - buf;
-        ngx_http_matrix_silo_settle(sa, 1, &why);
+        lane->next++;
+        ngx_http_matrix_silo_send(lane);
         return;
     }
 
@@ -816,41 +952,55 @@ ngx_http_matrix_silo_answered(ngx_http_matrix_http_req_t *hr)
               : (size_t) (ngx_snprintf(buf, sizeof(buf), "%V", &hr->error)
                           - buf);
 
-    ngx_log_error(NGX_LOG_WARN, sa->log, 0,
+    ngx_log_error(NGX_LOG_WARN, lane->sa->log, 0,
                   "matrix silo api: %V of event %V not written, will retry: "
                   "%V", &row->kind, &row->nid, &why);
 
-    ngx_http_matrix_silo_settle(sa, 0, &why);
+    ngx_http_matrix_silo_settle(lane, &why);
 }
 
 
-/* done (or refused for good): the row goes; else its next attempt */
+/*
+ * The end of a run: the rows before lane->next are done (written, or
+ * refused for good); with failed, the one at lane->next waits for its
+ * next attempt and those after it are given back.
+ */
 
 static void
-ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa, ngx_uint_t done,
-    ngx_str_t *why)
+ngx_http_matrix_silo_settle(ngx_http_matrix_silo_lane_t *lane,
+    ngx_str_t *failed)
 {
     int64_t                      wait;
     ngx_int_t                    attempts;
-    ngx_str_t                    v;
+    ngx_str_t                    done, rest, next;
     ngx_http_matrix_silo_row_t  *row;
-    u_char                       next[NGX_INT64_LEN + 1];
+    u_char                       buf[NGX_INT64_LEN + 1];
 
-    row = &sa->rows[sa->next];
-
-    sa->q->handler = ngx_http_matrix_silo_settled;
-    sa->q->data = sa;
-
-    if (ngx_http_matrix_pg_param(sa->q, 0, &row->nid) != NGX_OK) {
-        ngx_http_matrix_silo_pass_end(sa);
-        return;
+    if (ngx_http_matrix_silo_seqs(lane, 0, lane->next, &done) != NGX_OK) {
+        goto failed;
     }
 
-    if (done) {
-        sa->q->stmt = &ngx_http_matrix_silo_done;
-        sa->q->nparams = 1;
+    lane->q->stmt = &ngx_http_matrix_silo_end;
+    lane->q->nparams = 5;
+    lane->q->handler = ngx_http_matrix_silo_settled;
+    lane->q->data = lane;
+
+    if (ngx_http_matrix_pg_param(lane->q, 0, &done) != NGX_OK) {
+        goto failed;
+    }
+
+    if (failed == NULL) {
+        if (ngx_http_matrix_pg_param(lane->q, 1, NULL) != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 2, NULL) != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 3, NULL) != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 4, NULL) != NGX_OK)
+        {
+            goto failed;
+        }
 
     } else {
+        row = &lane->rows[lane->next];
+
         attempts = ngx_atoi(row->attempts.data, row->attempts.len);
         wait = 1000;
 
@@ -862,63 +1012,111 @@ ngx_http_matrix_silo_settle(ngx_http_matrix_silo_api_t *sa, ngx_uint_t done,
             wait = NGX_HTTP_MATRIX_SILO_BACKOFF;
         }
 
-        v.data = next;
-        v.len = ngx_sprintf(next, "%L", ngx_http_matrix_now_ms() + wait)
-                - next;
+        next.data = buf;
+        next.len = ngx_sprintf(buf, "%L", ngx_http_matrix_now_ms() + wait)
+                   - buf;
 
-        sa->q->stmt = &ngx_http_matrix_silo_retry;
-        sa->q->nparams = 3;
-
-        if (ngx_http_matrix_pg_param(sa->q, 1, &v) != NGX_OK
-            || ngx_http_matrix_pg_param(sa->q, 2, why) != NGX_OK)
+        if (ngx_http_matrix_silo_seqs(lane, lane->next + 1, lane->nrows,
+                                      &rest)
+            != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 1, &row->nid) != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 2, &next) != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 3, failed) != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 4, &rest) != NGX_OK)
         {
-            ngx_http_matrix_silo_pass_end(sa);
-            return;
+            goto failed;
         }
     }
 
-    if (ngx_http_matrix_pg_run(sa->q) != NGX_OK) {
-        ngx_http_matrix_silo_pass_end(sa);
+    if (ngx_http_matrix_pg_run(lane->q) == NGX_OK) {
+        return;
     }
+
+failed:
+
+    /* the run stays leased: sent again, from its first, when that ends */
+    ngx_http_matrix_silo_lane_end(lane);
+}
+
+
+/* "{seq,...}" of rows [from, to) */
+
+static ngx_int_t
+ngx_http_matrix_silo_seqs(ngx_http_matrix_silo_lane_t *lane, ngx_uint_t from,
+    ngx_uint_t to, ngx_str_t *list)
+{
+    u_char      *p;
+    size_t       len;
+    ngx_uint_t   i;
+
+    len = 2;
+
+    for (i = from; i < to; i++) {
+        len += lane->rows[i].nid.len + 1;
+    }
+
+    list->data = ngx_pnalloc(lane->pool, len);
+    if (list->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = list->data;
+    *p++ = '{';
+
+    for (i = from; i < to; i++) {
+        if (i > from) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, lane->rows[i].nid.data, lane->rows[i].nid.len);
+    }
+
+    *p++ = '}';
+    list->len = p - list->data;
+
+    return NGX_OK;
 }
 
 
 static void
 ngx_http_matrix_silo_settled(ngx_http_matrix_pg_query_t *q)
 {
-    ngx_http_matrix_silo_api_t  *sa;
+    ngx_http_matrix_silo_lane_t  *lane;
 
-    sa = q->data;
+    lane = q->data;
 
     if (q->status != NGX_HTTP_MATRIX_PG_OK) {
-        /* the row is due again when its lease ends */
-        ngx_http_matrix_silo_pass_end(sa);
-        return;
+        /* the run is due again, from its first, when its lease ends */
+        ngx_log_error(NGX_LOG_WARN, lane->sa->log, 0,
+                      "matrix silo api: cannot settle a run of %ui "
+                      "writes: %s%s%V", lane->nrows,
+                      ngx_http_matrix_pg_status_text(q->status),
+                      q->error.len ? ": " : "", &q->error);
     }
 
-    sa->next++;
-
-    ngx_http_matrix_silo_send(sa);
+    ngx_http_matrix_silo_lane_end(lane);
 }
 
 
 static void
-ngx_http_matrix_silo_pass_end(ngx_http_matrix_silo_api_t *sa)
+ngx_http_matrix_silo_lane_end(ngx_http_matrix_silo_lane_t *lane)
 {
-    ngx_pool_t  *pool;
+    ngx_pool_t                  *pool;
+    ngx_http_matrix_silo_api_t  *sa;
 
-    pool = sa->pool;
-    sa->pool = NULL;
-    sa->q = NULL;
-    sa->rows = NULL;
-    sa->busy = 0;
+    sa = lane->sa;
+    pool = lane->pool;
 
-    if (!ngx_exiting && !ngx_terminate) {
-        ngx_add_timer(&sa->timer, sa->again ? 1 : NGX_HTTP_MATRIX_SILO_PERIOD);
-    }
+    lane->pool = NULL;
+    lane->q = NULL;
+    lane->rows = NULL;
+    lane->nrows = 0;
+    lane->next = 0;
+    sa->busy--;
+
+    /* the room's next writes, or another room's */
+    ngx_http_matrix_silo_api_kick();
 
     /* last: we may be in a call of one of its objects */
-    if (pool) {
-        ngx_destroy_pool(pool);
-    }
+    ngx_destroy_pool(pool);
 }

@@ -313,11 +313,16 @@ is_deeply $json->{pdus}, { $aid1 => {}, $bid1 => {}, $aid2 => {}, $bid2 => {} },
 is soft_failed_of($aid1, $bid1, $aid2, $bid2), 'false,false,false,false', 'all four stored';
 is_deeply [(head())[0]], [[$aid2]], "General's extremity: its last";
 is_deeply [(head($RNID2))[0]], [[$bid2]], "Random's extremity: its last";
-is eventually(qq{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages
-                  WHERE matrix_event_id IN ('$aid1', '$aid2', '$bid1', '$bid2')},
-              'batch general 1 / batch random 1 / batch general 2 / batch random 2'),
-   'batch general 1 / batch random 1 / batch general 2 / batch random 2',
-   'all delivered, each room in order';
+# in order within each room; the two rooms go side by side
+is eventually(qq{SELECT count(*) FROM chat.messages
+                  WHERE matrix_event_id IN ('$aid1', '$aid2', '$bid1', '$bid2')}, 4), 4,
+   'all delivered';
+is $pg->psql(qq{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages
+                 WHERE matrix_event_id IN ('$aid1', '$aid2')}),
+   'batch general 1 / batch general 2', 'General\'s in order';
+is $pg->psql(qq{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages
+                 WHERE matrix_event_id IN ('$bid1', '$bid2')}),
+   'batch random 1 / batch random 2', 'Random\'s in order';
 my $ROOM2_SILO = q{SELECT string_agg(source, ' / ' ORDER BY id) FROM chat.messages WHERE room_id = 2
                     AND source LIKE 'batch random%'};
 is $pg->psql($ROOM2_SILO), 'batch random 1 / batch random 2', 'in the silo room of each';

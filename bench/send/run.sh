@@ -37,7 +37,17 @@
 # After the run: the room must have TXNS x 50 more m.room.message
 # events of remote.test, each queued for the silo once (delivered to the
 # stub, or, SILO=off, still in silo_outbox); with the stub, the queue is
-# let drain first, and how long that took is printed.
+# let drain first, and how long that took is printed, with the delivery
+# rate (writes/s from the last 200 until the queue is empty).
+#
+# Then, with the stub, delivery alone: the same TXNS x 50 writes queued
+# again (nothing else going on), first all in the one room, then spread
+# over ROOMS rooms (rooms of the module made for it); the rate is the
+# stub's (its first PUT to its last).  Next to them, the baseline: the
+# stub's own rate for as many PUTs one after the other from one client
+# on one keep-alive connection (core 0), and the ratios.  One room is
+# bound to about the baseline: its writes go one at a time, each after
+# the one before is answered.
 #
 # Figures (2 cores shared with other work, so noisy):  with one database
 # transaction per PDU (about six round trips each), 316-351 PDUs/s, ratio
@@ -46,12 +56,23 @@
 # read by one statement, the accepted PDUs appended by one), 3,400-4,200
 # PDUs/s in most runs (one 2,400), ratio 0.16-0.21 (0.11): the worker is
 # then busy about half the time, 40% of it verifying signatures; Postgres
-# takes ~5 ms per 50 PDUs (append ~3.5, read ~1.4).  The silo's writes then trail: delivered one
-# at a time per room (claim, PUT, DELETE), ~300/s, most of them after
-# the run.
+# takes ~5 ms per 50 PDUs (append ~3.5, read ~1.4).
+#
+# Delivery to the silo, when each pass claimed the first write of each
+# room by a statement that sorted the whole queue, then sent them one by
+# one and deleted each: 272-300 writes/s after the run (about 4,770 of
+# 5,000 left at the last 200, 16-17.5 s to drain); alone, one room
+# 319-338/s, 50 rooms 1,869-1,937/s (baseline 5,910-6,435/s: ratios
+# 0.05-0.06, 0.30-0.32).  With a room's run of
+# up to 32 claimed at once (a skip-scan over the rooms' heads), 16 rooms
+# side by side, one statement to settle a run (sql/011_silo_delivery.sql):
+# 2,157-2,800/s after the run (about 3,000 left, 1.1-1.4 s to drain);
+# alone, one room 2,171-2,757/s, 50 rooms 7,692-8,375/s (baseline
+# 2,457-2,821/s in those runs, noisy: ratios 0.77-1.12, 2.73-3.41).
 #
 #   sh bench/send/run.sh   (TXNS, MEMBERS, MESSAGES, AUTHORS, HISTORY,
-#                           SILO, PORT from the env)
+#                           SILO, ROOMS, PORT from the env; BENCH_MODULE:
+#                           another build of the module, to compare)
 
 set -e
 cd "$(dirname "$0")/../.."
@@ -64,6 +85,7 @@ MESSAGES=${MESSAGES:-1000}
 AUTHORS=${AUTHORS:-50}
 HISTORY=${HISTORY:-1000}
 SILO=${SILO:-stub}
+ROOMS=${ROOMS:-50}
 PORT=${PORT:-18453}
 SILO_PORT=${SILO_PORT:-18454}
 ROOM='!r1:bench.test'
@@ -176,12 +198,54 @@ if [ "$SILO" = stub ]; then
     all=$(curl -s http://127.0.0.1:$SILO_PORT/_stub/count | cut -d' ' -f1)
     [ "$all" = $want ] \
         || die "$all messages given to the silo, not $want"
-    silo_note="$got of them given to the stub silo by the last 200, $queued still queued then (given in $drained s more)"
+    silo_note="$got of them given to the stub silo by the last 200, $queued still queued then (given in $drained s more: $(awk -v n=$((all - got)) -v s=$drained 'BEGIN { printf "%d", (s > 0 ? n / s : 0) }') writes/s)"
 else
     [ "$queued" = $want ] || die "$queued messages queued for the silo, not $want"
     silo_note="all $want queued in silo_outbox (silo off)"
 fi
 echo "send: $want PDUs stored as $want events; $silo_note"
+
+# Delivery alone: the same writes queued again, nothing else going on,
+# in one room, then spread over ROOMS rooms (rooms of the module only:
+# the stub takes any silo room); the rate is the stub's, from its first
+# PUT to its last.  Next to it, the stub's own rate for as many PUTs one
+# after the other from one client on one connection.
+deliver() {
+    curl -s http://127.0.0.1:$SILO_PORT/_stub/reset >/dev/null
+    sql -c "WITH r AS (SELECT array_agg(room_nid ORDER BY room_nid) AS a
+                         FROM matrix.matrix_rooms
+                        WHERE room_nid = $nid OR room_id LIKE '!deliver-%')
+            INSERT INTO matrix.silo_outbox (event_id, room_nid, kind)
+            SELECT e.event_id,
+                   r.a[1 + (row_number() OVER (ORDER BY e.nid) - 1)
+                           % cardinality(r.a)], 'message'
+              FROM matrix.events e, r
+             WHERE e.room_nid = $nid AND e.type = 'm.room.message'
+               AND e.sender = '@s0:remote.test'
+             ORDER BY e.nid"
+    for i in $(seq 3000); do
+        [ "$(sql -c 'SELECT count(*) FROM matrix.silo_outbox')" = 0 ] && break
+        sleep 0.1
+    done
+    [ "$(sql -c 'SELECT count(*) FROM matrix.silo_outbox')" = 0 ] \
+        || die "the writes queued again were not all delivered in 300 s"
+    curl -s http://127.0.0.1:$SILO_PORT/_stub/count \
+        | awk -v want=$want '$3 != want { exit 1 }
+                             { printf "%d", ($4 > 0 ? $3 / $4 : 0) }' \
+        || die "the stub did not get $want PUTs"
+}
+if [ "$SILO" = stub ]; then
+    one=$(deliver)
+    sql -c "INSERT INTO matrix.matrix_rooms (room_id, silo_room_id, room_version)
+            SELECT '!deliver-' || g || ':bench.test', 'deliver-' || g, '10'
+              FROM generate_series(2, $ROOMS) g"
+    many=$(deliver)
+    base=$(taskset -c 0 /usr/bin/python3 bench/send/silo_stub.py put $SILO_PORT $want)
+    echo "deliver: $want writes queued, delivered to the stub silo: one room" \
+         "$one writes/s, $ROOMS rooms $many writes/s; the stub alone," \
+         "$want PUTs in turn from one client: $base/s; ratios" \
+         "$(awk -v a=$one -v b=$many -v c=$base 'BEGIN { printf "%.2f, %.2f", a / c, b / c }')"
+fi
 
 $CC -O2 -Wall -Wextra -o $run/verify_rate bench/xmatrix/verify_rate.c -lsodium \
     || die "cannot build bench/xmatrix/verify_rate.c (libsodium-dev)"
