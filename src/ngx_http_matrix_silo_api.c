@@ -39,6 +39,7 @@
 #define NGX_HTTP_MATRIX_SILO_LEASE      600000    /* a run, timeouts
                                                      included */
 #define NGX_HTTP_MATRIX_SILO_BACKOFF    300000    /* the longest wait */
+#define NGX_HTTP_MATRIX_SILO_MARGIN     120000    /* > a write's timeout */
 
 
 typedef struct ngx_http_matrix_silo_api_s  ngx_http_matrix_silo_api_t;
@@ -68,6 +69,7 @@ typedef struct {
     ngx_http_matrix_silo_row_t     *rows;
     ngx_uint_t                      nrows;
     ngx_uint_t                      next;         /* those before: done */
+    ngx_msec_t                      leased;       /* when claimed */
 } ngx_http_matrix_silo_lane_t;
 
 
@@ -434,6 +436,7 @@ ngx_http_matrix_silo_lane_start(ngx_http_matrix_silo_api_t *sa,
 
     lane->nrows = n;
     lane->next = 0;
+    lane->leased = ngx_current_msec;
     sa->busy++;
 
     ngx_http_matrix_silo_send(lane);
@@ -487,7 +490,17 @@ ngx_http_matrix_silo_send(ngx_http_matrix_silo_lane_t *lane)
     ngx_http_matrix_http_req_t   *hr;
 
     for ( ;; ) {
-        if (lane->next == lane->nrows) {
+        /*
+         * The run's rows are leased for NGX_HTTP_MATRIX_SILO_LEASE: a
+         * slow silo must not have it end while a write is in flight, or
+         * another worker would send the room's next ones.  The rest go
+         * back, due at once.
+         */
+
+        if (lane->next == lane->nrows
+            || ngx_current_msec - lane->leased
+               > NGX_HTTP_MATRIX_SILO_LEASE - NGX_HTTP_MATRIX_SILO_MARGIN)
+        {
             ngx_http_matrix_silo_settle(lane, NULL);
             return;
         }
@@ -990,10 +1003,14 @@ ngx_http_matrix_silo_settle(ngx_http_matrix_silo_lane_t *lane,
     }
 
     if (failed == NULL) {
-        if (ngx_http_matrix_pg_param(lane->q, 1, NULL) != NGX_OK
+        /* all done, or the lease running out: the rest given back */
+
+        if (ngx_http_matrix_silo_seqs(lane, lane->next, lane->nrows, &rest)
+            != NGX_OK
+            || ngx_http_matrix_pg_param(lane->q, 1, NULL) != NGX_OK
             || ngx_http_matrix_pg_param(lane->q, 2, NULL) != NGX_OK
             || ngx_http_matrix_pg_param(lane->q, 3, NULL) != NGX_OK
-            || ngx_http_matrix_pg_param(lane->q, 4, NULL) != NGX_OK)
+            || ngx_http_matrix_pg_param(lane->q, 4, &rest) != NGX_OK)
         {
             goto failed;
         }
