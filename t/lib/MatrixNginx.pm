@@ -194,10 +194,9 @@ sub request {
 sub worker_pids {
     my ($self) = @_;
     my $master = $self->{pid};
-    my @pids = map { /^(\d+)$/ ? $1 : () }
-               `ps -o pid= --ppid $master 2>/dev/null`;
-    s/\s+//g for @pids;
-    return grep { length } @pids;
+    # ps right-aligns the pids: "  9123"
+    return map { /^\s*(\d+)\s*$/ ? $1 : () }
+           `ps -o pid= --ppid $master 2>/dev/null`;
 }
 
 sub reload {
