@@ -131,6 +131,7 @@ sub silo_start {
         $h->pump_nb;
         if (HTTP::Tiny->new(timeout => 2)
                 ->get("http://127.0.0.1:$self->{silo_port}/healthz")->{status} == 200) {
+            $self->{silo_pid} = $h->{KIDS}[0]{PID};
             return $self->{silo} = $h;
         }
         sleep 0.1;
@@ -140,8 +141,17 @@ sub silo_start {
 
 sub silo_stop {
     my ($self) = @_;
-    $self->{silo}->kill_kill(grace => 3) if $self->{silo} && $self->{silo}->pumpable;
+    if (${^GLOBAL_PHASE} eq 'DESTRUCT') {
+        # IPC::Run is not to be used during global destruction
+        if ($self->{silo_pid}) {
+            kill 'KILL', $self->{silo_pid};
+            waitpid $self->{silo_pid}, 0;
+        }
+    } elsif ($self->{silo} && $self->{silo}->pumpable) {
+        $self->{silo}->kill_kill(grace => 3);
+    }
     delete $self->{silo};
+    delete $self->{silo_pid};
 }
 
 # polls SQL until it gives WANT (10 s at most); what it last gave
