@@ -47,6 +47,7 @@
 #define NGX_HTTP_MATRIX_SENDER_PER_ROOM   50
 #define NGX_HTTP_MATRIX_SENDER_SCAN       1000     /* outbox rows a pass */
 #define NGX_HTTP_MATRIX_SENDER_FLOOR      1000     /* ms between writes */
+#define NGX_HTTP_MATRIX_SENDER_REREAD     10000    /* ms: the rows again */
 #define NGX_HTTP_MATRIX_SENDER_BACKOFF    5000
 #define NGX_HTTP_MATRIX_SENDER_BACKOFF_MAX  3600000
 #define NGX_HTTP_MATRIX_SENDER_GIVE_UP    86400000
@@ -61,6 +62,7 @@ typedef enum {
     NGX_HTTP_MATRIX_SENDER_START,
     NGX_HTTP_MATRIX_SENDER_SCANNING,
     NGX_HTTP_MATRIX_SENDER_TXNS,
+    NGX_HTTP_MATRIX_SENDER_ROWS,
     NGX_HTTP_MATRIX_SENDER_FLOORING,
     NGX_HTTP_MATRIX_SENDER_UNLOCK
 } ngx_http_matrix_sender_step_e;
@@ -116,6 +118,7 @@ typedef struct {
     int64_t                         floor_new;
     int64_t                         txns_upto;
     ngx_msec_t                      floor_at;
+    ngx_msec_t                      rows_at;
     int64_t                         epoch;
     ngx_uint_t                      ntxn;
     ngx_uint_t                      nbatch;
@@ -162,6 +165,7 @@ static void ngx_http_matrix_sender_got_txns(ngx_http_matrix_sender_t *s);
 static void ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
     ngx_http_matrix_sender_dest_t *d);
 static ngx_int_t ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s);
+static ngx_int_t ngx_http_matrix_sender_rows(ngx_http_matrix_sender_t *s);
 static ngx_uint_t ngx_http_matrix_sender_idle(
     ngx_http_matrix_sender_dest_t *d);
 static void ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q);
@@ -208,6 +212,9 @@ static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_txns_stmt =
     ngx_http_matrix_pg_stmt(
         "SELECT server_name, n, upto, nids FROM matrix_federation_txns("
         "$1::text[], $2::bigint[], $3, $4, $5, $6)", 6);
+
+static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_rows_stmt =
+    ngx_http_matrix_pg_stmt("SELECT server_name FROM destinations", 0);
 
 static ngx_http_matrix_pg_stmt_t  ngx_http_matrix_sender_floor_stmt =
     ngx_http_matrix_pg_stmt(
@@ -619,6 +626,15 @@ ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q)
         rc = ngx_http_matrix_sender_floor(s);
         break;
 
+    case NGX_HTTP_MATRIX_SENDER_ROWS:
+        rc = ngx_http_matrix_sender_rows(s);
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_matrix_sender_floor(s);
+        }
+
+        break;
+
     case NGX_HTTP_MATRIX_SENDER_FLOORING:
         s->floor = s->floor_new;
         s->floor_at = ngx_current_msec;
@@ -723,6 +739,7 @@ ngx_http_matrix_sender_started(ngx_http_matrix_sender_t *s)
     s->hwm = s->floor;
     s->floor_new = s->floor;
     s->floor_at = ngx_current_msec;
+    s->rows_at = ngx_current_msec;
     s->epoch = ngx_http_matrix_now_ms();
     s->ntxn = 0;
     s->owner = 1;
@@ -1124,6 +1141,16 @@ ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
     u_char                          buf[NGX_INT64_LEN];
     ngx_http_matrix_sender_dest_t  *d;
 
+    if (ngx_current_msec - s->rows_at >= NGX_HTTP_MATRIX_SENDER_REREAD) {
+        /* first the rows, as they are now */
+        s->rows_at = ngx_current_msec;
+
+        return ngx_http_matrix_sender_run(s, s->pq,
+                                          NGX_HTTP_MATRIX_SENDER_ROWS,
+                                          &ngx_http_matrix_sender_rows_stmt,
+                                          0, NULL);
+    }
+
     floor = s->hwm;
 
     for (qu = ngx_queue_head(&s->dests);
@@ -1216,6 +1243,42 @@ ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
                                       NGX_HTTP_MATRIX_SENDER_FLOORING,
                                       &ngx_http_matrix_sender_floor_stmt,
                                       2, values);
+}
+
+
+/*
+ * The destinations' rows, read now and then: a row this owner did not
+ * write (a former owner's write, on its way when it lost the lock) is
+ * taken in, so that it goes with the floor like the others, instead of
+ * holding the outbox for good.
+ */
+
+static ngx_int_t
+ngx_http_matrix_sender_rows(ngx_http_matrix_sender_t *s)
+{
+    int                             row, n;
+    PGresult                       *res;
+    ngx_http_matrix_sender_dest_t  *d;
+
+    res = s->pq->result;
+    n = PQntuples(res);
+
+    for (row = 0; row < n; row++) {
+        d = ngx_http_matrix_sender_dest(s, (u_char *) PQgetvalue(res, row, 0),
+                                        PQgetlength(res, row, 0), 1);
+        if (d == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (!d->row) {
+            ngx_log_error(NGX_LOG_INFO, s->log, 0,
+                          "matrix sender: destination %V has a row this "
+                          "worker did not write: taken in", &d->sn.str);
+            d->row = 1;
+        }
+    }
+
+    return NGX_OK;
 }
 
 

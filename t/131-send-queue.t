@@ -67,6 +67,24 @@ for (1 .. 50) {
 is $left, 0, "the outbox is trimmed though a.test was sent nothing since (floor $floor)";
 is $pg->psql('SELECT count(*) FROM matrix.destinations'), 0, 'no destination has a row';
 
+# --- a row the owner did not write (a former owner's, late) does not stay --------
+
+$pg->psql(q{INSERT INTO matrix.destinations (server_name, last_sent, failures, retry_at,
+                                             failing_since, last_error)
+            VALUES ('a.test', 0, 3, 0, 1, 'written late by a former owner')});
+post(2, $u2, 'while a stale row is there');
+ok arrived('b.test', 'while a stale row is there'), 'b.test has the next message';
+for (1 .. 250) {
+    ($floor, $left) = split /\|/, $pg->psql(q{SELECT
+        (SELECT count(*) FROM matrix.destinations),
+        (SELECT count(*) FROM matrix.federation_outbox)});
+    last if $floor == 0 && $left == 0;
+    sleep 0.1;
+}
+is "$floor|$left", '0|0', 'the stale row is taken in and goes with the floor; the outbox is trimmed';
+like $t->ngx->error_log, qr/destination a\.test has a row this worker did not write: taken in/,
+     'logged';
+
 # --- an exiting worker gives the lock up -------------------------------------------
 
 # a request that has not finished its headers keeps the old worker alive
