@@ -166,6 +166,7 @@ static void ngx_http_matrix_sender_new_txn(ngx_http_matrix_sender_t *s,
     ngx_http_matrix_sender_dest_t *d);
 static ngx_int_t ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s);
 static ngx_int_t ngx_http_matrix_sender_rows(ngx_http_matrix_sender_t *s);
+static u_char *ngx_http_matrix_sender_quote(u_char *p, ngx_str_t *name);
 static ngx_uint_t ngx_http_matrix_sender_idle(
     ngx_http_matrix_sender_dest_t *d);
 static void ngx_http_matrix_sender_passed(ngx_http_matrix_pg_query_t *q);
@@ -900,7 +901,7 @@ ngx_http_matrix_sender_txns(ngx_http_matrix_sender_t *s)
     u_char                         *p, *c;
     size_t                          len;
     ngx_str_t                       values[6];
-    ngx_uint_t                      i, k;
+    ngx_uint_t                      i;
     u_char                          buf[4][NGX_INT64_LEN];
     ngx_http_matrix_sender_dest_t  *d;
 
@@ -931,17 +932,7 @@ ngx_http_matrix_sender_txns(ngx_http_matrix_sender_t *s)
             *c++ = ',';
         }
 
-        *p++ = '"';
-
-        for (k = 0; k < d->sn.str.len; k++) {
-            if (d->sn.str.data[k] == '"' || d->sn.str.data[k] == '\\') {
-                *p++ = '\\';
-            }
-
-            *p++ = d->sn.str.data[k];
-        }
-
-        *p++ = '"';
+        p = ngx_http_matrix_sender_quote(p, &d->sn.str);
 
         c = d->given_up ? ngx_cpymem(c, "NULL", 4)
                         : ngx_sprintf(c, "%L", d->cursor);
@@ -1136,7 +1127,7 @@ ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
     size_t                          len;
     int64_t                         floor;
     ngx_str_t                       values[2];
-    ngx_uint_t                      k, nretire;
+    ngx_uint_t                      nretire;
     ngx_queue_t                    *qu;
     u_char                          buf[NGX_INT64_LEN];
     ngx_http_matrix_sender_dest_t  *d;
@@ -1219,17 +1210,7 @@ ngx_http_matrix_sender_floor(ngx_http_matrix_sender_t *s)
             *p++ = ',';
         }
 
-        *p++ = '"';
-
-        for (k = 0; k < d->sn.str.len; k++) {
-            if (d->sn.str.data[k] == '"' || d->sn.str.data[k] == '\\') {
-                *p++ = '\\';
-            }
-
-            *p++ = d->sn.str.data[k];
-        }
-
-        *p++ = '"';
+        p = ngx_http_matrix_sender_quote(p, &d->sn.str);
     }
 
     *p++ = '}';
@@ -1279,6 +1260,29 @@ ngx_http_matrix_sender_rows(ngx_http_matrix_sender_t *s)
     }
 
     return NGX_OK;
+}
+
+
+/* a server name as an element of a Postgres text array: "a\"b" */
+
+static u_char *
+ngx_http_matrix_sender_quote(u_char *p, ngx_str_t *name)
+{
+    ngx_uint_t  k;
+
+    *p++ = '"';
+
+    for (k = 0; k < name->len; k++) {
+        if (name->data[k] == '"' || name->data[k] == '\\') {
+            *p++ = '\\';
+        }
+
+        *p++ = name->data[k];
+    }
+
+    *p++ = '"';
+
+    return p;
 }
 
 
