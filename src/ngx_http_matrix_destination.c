@@ -1190,6 +1190,17 @@ ngx_http_matrix_dest_reply_handler(ngx_event_t *ev)
 
 
 void
+ngx_http_matrix_dest_target(ngx_http_matrix_dest_t *d,
+    ngx_http_matrix_http_req_t *hr)
+{
+    hr->host = d->host;
+    hr->port = d->port;
+    hr->host_header = d->host_header;
+    hr->tls_name = d->tls_name;
+}
+
+
+void
 ngx_http_matrix_dest_abandon(ngx_http_matrix_dest_t *d)
 {
     if (d->abandoned) {

@@ -83,5 +83,9 @@ ngx_http_matrix_dest_t *ngx_http_matrix_dest_create(ngx_cycle_t *cycle,
 ngx_int_t ngx_http_matrix_dest_resolve(ngx_http_matrix_dest_t *d);
 void ngx_http_matrix_dest_abandon(ngx_http_matrix_dest_t *d);
 
+/* a request goes where d was resolved to: host, port, Host, TLS name */
+void ngx_http_matrix_dest_target(ngx_http_matrix_dest_t *d,
+    ngx_http_matrix_http_req_t *hr);
+
 
 #endif /* _NGX_HTTP_MATRIX_DESTINATION_H_INCLUDED_ */

@@ -475,10 +475,7 @@ ngx_http_matrix_key_notaries_resolved(ngx_http_matrix_dest_t *d)
         return;
     }
 
-    hr->host = d->host;
-    hr->port = d->port;
-    hr->host_header = d->host_header;
-    hr->tls_name = d->tls_name;
+    ngx_http_matrix_dest_target(d, hr);
     ngx_str_set(&hr->method, "POST");
     ngx_str_set(&hr->uri, "/_matrix/key/v2/query");
     hr->max_response = NGX_HTTP_MATRIX_NOTARY_RESPONSE_MAX;

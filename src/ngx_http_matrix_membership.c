@@ -643,9 +643,6 @@ static ngx_int_t
 ngx_http_matrix_send_head(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    char                          *text;
-    ngx_int_t                      rc;
-    ngx_str_t                      values[2];
     ngx_http_matrix_membership_t  *m;
 
     m = op->data;
@@ -655,20 +652,9 @@ ngx_http_matrix_send_head(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    text = json_dumps(m->ev->auth_events, JSON_COMPACT);
-    if (text == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = op->nid;
-    values[1].data = (u_char *) text;
-    values[1].len = ngx_strlen(text);
-
-    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_cited_stmt, values, 2,
-                                  ngx_http_matrix_send_cited);
-    free(text);
-
-    return rc;
+    return ngx_http_matrix_room_run_json(op, &ngx_http_matrix_cited_stmt,
+                                         m->ev->auth_events,
+                                         ngx_http_matrix_send_cited);
 }
 
 
@@ -683,12 +669,10 @@ ngx_http_matrix_send_cited(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
     int                            n;
-    char                          *text;
     json_t                        *records;
     ngx_int_t                      rc;
     mx_err_t                       err;
     PGresult                      *res;
-    ngx_str_t                      values[2];
     mx_event_t                    *cited[NGX_HTTP_MATRIX_AUTH_MAX];
     ngx_http_matrix_room_head_t   *head;
     ngx_http_matrix_membership_t  *m;
@@ -738,20 +722,10 @@ ngx_http_matrix_send_cited(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    text = json_dumps(records, JSON_COMPACT);
+    rc = ngx_http_matrix_room_run_json(op, &ngx_http_matrix_append_stmt,
+                                       records,
+                                       ngx_http_matrix_send_appended);
     json_decref(records);
-
-    if (text == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = op->nid;
-    values[1].data = (u_char *) text;
-    values[1].len = ngx_strlen(text);
-
-    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_append_stmt, values, 2,
-                                  ngx_http_matrix_send_appended);
-    free(text);
 
     return rc;
 }

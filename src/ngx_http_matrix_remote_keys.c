@@ -815,10 +815,7 @@ ngx_http_matrix_key_destination_done(ngx_http_matrix_dest_t *dest)
         return;
     }
 
-    hr->host = dest->host;
-    hr->port = dest->port;
-    hr->host_header = dest->host_header;
-    hr->tls_name = dest->tls_name;
+    ngx_http_matrix_dest_target(dest, hr);
     ngx_str_set(&hr->uri, "/_matrix/key/v2/server");
     hr->max_response = NGX_HTTP_MATRIX_KEYS_DOC_MAX;
     hr->handler = ngx_http_matrix_key_fetched;

@@ -1116,6 +1116,33 @@ ngx_http_matrix_room_run(ngx_http_matrix_room_op_t *op,
 
 
 ngx_int_t
+ngx_http_matrix_room_run_json(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_pg_stmt_t *stmt, json_t *v,
+    ngx_http_matrix_room_step_pt next)
+{
+    char       *text;
+    ngx_int_t   rc;
+    ngx_str_t   values[2];
+
+    text = json_dumps(v, JSON_COMPACT);
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = op->nid;
+    values[1].data = (u_char *) text;
+    values[1].len = ngx_strlen(text);
+
+    /* the parameters are copied */
+    rc = ngx_http_matrix_room_run(op, stmt, values, 2, next);
+
+    free(text);
+
+    return rc;
+}
+
+
+ngx_int_t
 ngx_http_matrix_room_begin(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_step_pt next)
 {

@@ -124,6 +124,11 @@ ngx_int_t ngx_http_matrix_room_run(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_pg_stmt_t *stmt, ngx_str_t *values, ngx_uint_t n,
     ngx_http_matrix_room_step_pt next);
 
+/* the same for a statement of ($1 the room's nid, $2 v as JSON text) */
+ngx_int_t ngx_http_matrix_room_run_json(ngx_http_matrix_room_op_t *op,
+    ngx_http_matrix_pg_stmt_t *stmt, json_t *v,
+    ngx_http_matrix_room_step_pt next);
+
 /* a transaction on a connection of its own: BEGIN, ... COMMIT */
 ngx_int_t ngx_http_matrix_room_begin(ngx_http_matrix_room_op_t *op,
     ngx_http_matrix_room_step_pt next);

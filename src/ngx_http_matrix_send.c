@@ -1069,9 +1069,7 @@ static ngx_int_t
 ngx_http_matrix_txn_batch(ngx_http_request_t *r,
     ngx_http_matrix_room_op_t *op)
 {
-    char                   *text;
     ngx_int_t               rc;
-    ngx_str_t               values[2];
     ngx_uint_t              i;
     ngx_http_matrix_txn_t  *t;
 
@@ -1096,20 +1094,9 @@ ngx_http_matrix_txn_batch(ngx_http_request_t *r,
         return ngx_http_matrix_room_commit(op, ngx_http_matrix_txn_committed);
     }
 
-    text = json_dumps(t->records, JSON_COMPACT);
-    if (text == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = op->nid;
-    values[1].data = (u_char *) text;
-    values[1].len = ngx_strlen(text);
-
-    rc = ngx_http_matrix_room_run(op, &ngx_http_matrix_txn_append_stmt,
-                                  values, 2, ngx_http_matrix_txn_appended);
-    free(text);
-
-    return rc;
+    return ngx_http_matrix_room_run_json(op, &ngx_http_matrix_txn_append_stmt,
+                                         t->records,
+                                         ngx_http_matrix_txn_appended);
 }
 
 
@@ -1926,10 +1913,7 @@ ngx_http_matrix_txn_gap_resolved(ngx_http_matrix_dest_t *d)
                                   NGX_ESCAPE_URI_COMPONENT);
     hr->uri.len = p - hr->uri.data;
 
-    hr->host = d->host;
-    hr->port = d->port;
-    hr->host_header = d->host_header;
-    hr->tls_name = d->tls_name;
+    ngx_http_matrix_dest_target(d, hr);
     ngx_str_set(&hr->method, "POST");
     hr->max_response = NGX_HTTP_MATRIX_GAP_MAX;
     hr->sign_key = mscf->signing_keys->elts;

@@ -1691,10 +1691,7 @@ ngx_http_matrix_sender_resolved(ngx_http_matrix_dest_t *dest)
                                   NGX_ESCAPE_ARGS);
     hr->uri.len = p - hr->uri.data;
 
-    hr->host = dest->host;
-    hr->port = dest->port;
-    hr->host_header = dest->host_header;
-    hr->tls_name = dest->tls_name;
+    ngx_http_matrix_dest_target(dest, hr);
     ngx_str_set(&hr->method, "PUT");
     hr->sign_key = j->s->mscf->signing_keys->elts;
     hr->origin = j->s->mscf->server_name;
