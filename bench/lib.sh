@@ -2,6 +2,8 @@
 # the checkout): a throwaway Postgres cluster as t/lib/MatrixPg.pm makes
 # it, and the part of nginx.conf every benchmark's nginx has.
 #
+#   die MESSAGE                           "bench/NAME: MESSAGE", exit 1
+#   bench_need TOOL ...                   the build, PostgreSQL and TOOLs, or die
 #   bench_pg_start DIR [SHARED_BUFFERS]   a cluster in DIR/data, socket in DIR
 #   bench_pg_stop DIR
 #   bench_nginx_prepare DIR               DIR/logs, a copy of the module, a key
@@ -17,6 +19,17 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 pg() { (cd / && $bench_as_pg "$@"); }
+
+die() { echo "bench/$(basename "$(dirname "$0")"): $*" >&2; exit 1; }
+
+bench_need() {
+    [ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
+    [ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
+    [ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
+    for t in "$@"; do
+        command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
+    done
+}
 
 # the tests' initdb'd template when there is one (a tenth of the time),
 # else initdb

@@ -63,14 +63,7 @@ PORT=${PORT:-18452}
 LIMIT=100
 ROOM='!r1:bench.test'
 
-die() { echo "bench/backfill: $*" >&2; exit 1; }
-
-[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
-[ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
-[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
-for t in wrk pgbench psql curl taskset perl; do
-    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
-done
+bench_need wrk pgbench psql curl taskset perl
 [ $AUTHORS -le $MEMBERS ] || die "AUTHORS ($AUTHORS) > MEMBERS ($MEMBERS)"
 
 

@@ -60,14 +60,7 @@ AUTHORS=${AUTHORS:-10}
 PORT=${PORT:-18455}
 RECEIVER_PORT=${RECEIVER_PORT:-18456}
 
-die() { echo "bench/fanout: $*" >&2; exit 1; }
-
-[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
-[ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
-[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
-for t in psql taskset perl; do
-    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
-done
+bench_need psql taskset perl
 [ $DESTS -ge 1 ] || die "DESTS must be at least 1"
 [ $AUTHORS -le $MEMBERS ] || die "AUTHORS ($AUTHORS) > MEMBERS ($MEMBERS)"
 

@@ -55,14 +55,7 @@ HISTORY=${HISTORY:-1000}
 STATS=${STATS:-1}
 PORT=${PORT:-18451}
 
-die() { echo "bench/join: $*" >&2; exit 1; }
-
-[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
-[ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
-[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
-for t in psql taskset perl; do
-    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
-done
+bench_need psql taskset perl
 [ $AUTHORS_SMALL -le $SMALL ] || die "AUTHORS_SMALL ($AUTHORS_SMALL) > SMALL ($SMALL)"
 [ $AUTHORS -le $MEMBERS ] || die "AUTHORS ($AUTHORS) > MEMBERS ($MEMBERS)"
 [ $JOINS -ge 1 ] || die "JOINS must be at least 1"

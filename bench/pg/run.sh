@@ -50,13 +50,7 @@ PORT=${PORT:-18449}
 ROWS=$((SCALE * 100000))
 SERVER=bench.example
 
-die() { echo "bench/pg: $*" >&2; exit 1; }
-
-[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
-[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
-for t in wrk pgbench psql curl taskset; do
-    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
-done
+bench_need wrk pgbench psql curl taskset
 
 
 # a short path: unix socket paths are limited to 107 bytes

@@ -91,14 +91,7 @@ SILO_PORT=${SILO_PORT:-18454}
 ROOM='!r1:bench.test'
 CC=${CC:-cc}
 
-die() { echo "bench/send: $*" >&2; exit 1; }
-
-[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
-[ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
-[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
-for t in psql taskset perl $CC; do
-    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
-done
+bench_need psql taskset perl $CC
 case $SILO in stub|off) ;; *) die "SILO: stub or off" ;; esac
 [ $TXNS -ge 1 ] || die "TXNS must be at least 1"
 

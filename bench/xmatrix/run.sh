@@ -60,14 +60,7 @@ FED_URI='/_matrix/federation/v1/query/profile?user_id=%40u1%3Abench.test'
 CS_URI="/_matrix/client/v3/profile/@u1:$SERVER"
 EXPECTED='{"displayname":"User 1"}'
 
-die() { echo "bench/xmatrix: $*" >&2; exit 1; }
-
-[ -f build/ngx_http_matrix_module.so ] || die "no build/ngx_http_matrix_module.so: run make"
-[ -x build/matrix-tool ] || die "no build/matrix-tool: run make"
-[ -x $PG_BIN/postgres ] || die "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql)"
-for t in wrk psql curl taskset perl $CC; do
-    command -v $t >/dev/null 2>&1 || die "$t not found (make deps)"
-done
+bench_need wrk psql curl taskset perl $CC
 
 
 # a short path: unix socket paths are limited to 107 bytes
